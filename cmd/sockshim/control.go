@@ -1,0 +1,92 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sockshim/sockshim/shim/config"
+	"github.com/sockshim/sockshim/shim/control"
+)
+
+// controlFlags parses -c FILE (required) and resolves the control socket the
+// way the supervisor does, reading the config only for a [control] socket.
+func controlFlags(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (string, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("c", "", "config `file` of the running supervisor")
+	if extra != nil {
+		extra(fs)
+	}
+	if err := fs.Parse(args); err != nil || *path == "" || fs.NArg() > 0 {
+		if *path == "" {
+			fmt.Fprintf(stderr, "sockshim %s: -c FILE is required\n", name)
+		}
+		return "", errUsage
+	}
+	// A config that no longer parses must not stop a reload request: the
+	// supervisor re-reads it and reports the error with its own context.
+	configured := ""
+	if cfg, err := config.Load(*path); err == nil {
+		configured = cfg.Control.Socket
+	}
+	return control.SocketPath(*path, configured), nil
+}
+
+func cmdReload(args []string, stdout, stderr io.Writer) error {
+	sock, err := controlFlags("reload", args, stderr, nil)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	reply, err := control.Call(sock, control.Request{Command: "reload"}, func(line string) {
+		fmt.Fprintf(stdout, "%s\n", line)
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s (reload took %s)\n", reply.Message, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func cmdStatus(args []string, stdout, stderr io.Writer) error {
+	var asJSON bool
+	sock, err := controlFlags("status", args, stderr, func(fs *flag.FlagSet) {
+		fs.BoolVar(&asJSON, "json", false, "print JSON")
+	})
+	if err != nil {
+		return err
+	}
+	reply, err := control.Call(sock, control.Request{Command: "status"}, nil)
+	if err != nil {
+		return err
+	}
+	st := reply.Status
+	if st == nil {
+		return fmt.Errorf("supervisor at %s sent no status", sock)
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	fmt.Fprintf(stdout, "sockshim pid %d, %s, up %s, %d reloads\n%s\n\n", st.PID, st.State,
+		time.Since(st.Started).Round(time.Second), st.Reloads, st.Line)
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "GROUP\tID\tPID\tGEN\tSTATE\tREADY AFTER\tUPTIME\tRESTARTS\tSTATUS")
+	for _, g := range st.Groups {
+		for _, w := range g.Workers {
+			readyAfter := "-"
+			if !w.ReadyAt.IsZero() {
+				readyAfter = w.ReadyAt.Sub(w.Started).Round(time.Millisecond).String()
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\t%s\t%d\t%s\n", g.Name, w.ID, w.PID, w.Generation, w.State,
+				readyAfter, w.Uptime.Round(time.Second), w.Restarts, strings.ReplaceAll(w.Status, "\t", " "))
+		}
+	}
+	return tw.Flush()
+}

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	_ "embed"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/sockshim/sockshim/handoff"
+	"github.com/sockshim/sockshim/shim"
+	"github.com/sockshim/sockshim/shim/config"
+	"github.com/sockshim/sockshim/shim/control"
+	"github.com/sockshim/sockshim/shim/sockets"
+)
+
+//go:embed default.toml
+var defaultTOML []byte
+
+func cmdRun(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("c", "", "config `file` (default: the embedded example)")
+	level := fs.String("log-level", "info", "log `level`: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+		if fs.NArg() > 0 {
+			fmt.Fprintf(stderr, "sockshim run: unexpected argument %q\n", fs.Arg(0))
+		}
+		return errUsage
+	}
+	log, err := newLogger(stderr, *level)
+	if err != nil {
+		return err
+	}
+	cfg, err := loadOrDefault(*path)
+	if err != nil {
+		return err
+	}
+	socks, err := openSockets(cfg, log)
+	if err != nil {
+		return err
+	}
+	sup, err := shim.New(shim.Options{Config: cfg, Sockets: socks, Logger: log, LoadConfig: reloader(*path, cfg)})
+	if err != nil {
+		return err
+	}
+	ctl, err := control.Listen(control.SocketPath(cfg.Path, cfg.Control.Socket), log)
+	if err != nil {
+		return err
+	}
+	go ctl.Serve(sup)
+	go forwardSignals(sup, log)
+	err = sup.Run()
+	ctl.Close()
+	return err
+}
+
+// reloader re-reads the config file on every reload; the embedded default
+// has no file and reloads as it is.
+func reloader(path string, cfg *config.Config) func() (*config.Config, error) {
+	if path == "" {
+		return func() (*config.Config, error) { return cfg, nil }
+	}
+	return func() (*config.Config, error) { return config.Load(path) }
+}
+
+func loadOrDefault(path string) (*config.Config, error) {
+	if path != "" {
+		return config.Load(path)
+	}
+	cfg, err := config.Parse("(embedded default)", defaultTOML)
+	if err != nil {
+		return nil, err
+	}
+	// The example worker is built into this binary, wherever it lives.
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("locating sockshim's own binary: %w", err)
+	}
+	for i := range cfg.Workers {
+		cfg.Workers[i].Command[0] = exe
+	}
+	return cfg, nil
+}
+
+// openSockets prefers sockets passed by the service manager, checked against
+// the config, and binds the config's [[listen]] entries otherwise.
+func openSockets(cfg *config.Config, log *slog.Logger) ([]handoff.Socket, error) {
+	socks, err := sockets.Inherit()
+	if err != nil {
+		return nil, err
+	}
+	if len(socks) > 0 {
+		var names []string
+		for _, l := range cfg.Listen {
+			names = append(names, l.Name)
+		}
+		if err := sockets.CheckInherited(socks, names); err != nil {
+			sockets.Close(socks)
+			return nil, err
+		}
+		log.Info("using sockets passed by the service manager", "count", len(socks), "names", sockets.Names(socks))
+		return socks, nil
+	}
+	if len(cfg.Listen) == 0 {
+		return nil, fmt.Errorf("%s: no sockets: the config has no [[listen]] entries and the service manager passed none (is the .socket unit enabled?)", cfg.Path)
+	}
+	socks, err = sockets.Bind(cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cfg.Path, err)
+	}
+	for _, l := range cfg.Listen {
+		log.Info("listening", "name", l.Name, "address", l.Address)
+	}
+	return socks, nil
+}
+
+// forwardSignals turns signals into supervisor requests: the first SIGTERM or
+// SIGINT drains, a second one kills.
+func forwardSignals(sup *shim.Supervisor, log *slog.Logger) {
+	ch := make(chan os.Signal, 4)
+	signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	stops := 0
+	for sig := range ch {
+		switch sig {
+		case syscall.SIGHUP:
+			log.Info("signal received", "signal", sig, "action", "reload")
+			go func() {
+				// The outcome is logged by the supervisor itself.
+				_, _ = sup.Reload(context.Background(), nil)
+			}()
+		default:
+			stops++
+			log.Info("signal received", "signal", sig, "force", stops > 1)
+			sup.Stop(stops > 1)
+		}
+	}
+}
+
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("-log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	if os.Getenv("JOURNAL_STREAM") != "" {
+		// journald stamps every line itself.
+		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}
+	}
+	return slog.New(slog.NewTextHandler(w, opts)), nil
+}

@@ -1,0 +1,239 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sockshim/sockshim/shim/control"
+	"github.com/sockshim/sockshim/testenv"
+)
+
+// bins are the binaries every test uses, built once per test process.
+type bins struct {
+	sockshim, testworker string
+}
+
+func build(t *testing.T) bins {
+	t.Helper()
+	return bins{
+		sockshim:   testenv.Build(t, "github.com/sockshim/sockshim/cmd/sockshim"),
+		testworker: testenv.Build(t, "github.com/sockshim/sockshim/testenv/testworker"),
+	}
+}
+
+// writeConfig writes a sockshim config into the test's temp dir.
+func writeConfig(t *testing.T, dir, text string) string {
+	t.Helper()
+	path := filepath.Join(dir, "app.toml")
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// toml quotes a Go string list as a TOML array.
+func tomlList(items ...string) string {
+	q := make([]string, len(items))
+	for i, s := range items {
+		b, _ := json.Marshal(s)
+		q[i] = string(b)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
+}
+
+// answer is what the testworker says about itself.
+type answer struct {
+	version, generation, worker, pid string
+}
+
+func get(t *testing.T, url string) answer {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: status %d", url, resp.StatusCode)
+	}
+	return answer{resp.Header.Get("X-Version"), resp.Header.Get("X-Generation"), resp.Header.Get("X-Worker"), resp.Header.Get("X-Pid")}
+}
+
+// status asks a running supervisor for its state over the control socket.
+func status(t *testing.T, sock string) *control.Status {
+	t.Helper()
+	r, err := control.Call(sock, control.Request{Command: "status"}, nil)
+	if err != nil {
+		t.Fatalf("status: %v", err)
+	}
+	return r.Status
+}
+
+// waitFor polls cond every 50ms until it holds or timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// workerPIDs lists the pids of workers in the given state.
+func workerPIDs(st *control.Status, state string) []int {
+	var pids []int
+	for _, g := range st.Groups {
+		for _, w := range g.Workers {
+			if state == "" || w.State == state {
+				pids = append(pids, w.PID)
+			}
+		}
+	}
+	return pids
+}
+
+// upstream is a stand-in service manager: a notify socket that records every
+// datagram sockshim sends, for standalone runs.
+type upstream struct {
+	conn *net.UnixConn
+	path string
+	msgs chan string
+}
+
+func newUpstream(t *testing.T) *upstream {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &upstream{conn: conn, path: path, msgs: make(chan string, 1024)}
+	go func() {
+		buf := make([]byte, 8192)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				close(u.msgs)
+				return
+			}
+			u.msgs <- string(buf[:n])
+		}
+	}()
+	t.Cleanup(func() { conn.Close() })
+	return u
+}
+
+// await returns the first datagram containing want, failing after timeout.
+func (u *upstream) await(t *testing.T, want string, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case m, ok := <-u.msgs:
+			if !ok {
+				t.Fatalf("notify socket closed while waiting for %q", want)
+			}
+			if strings.Contains(m, want) {
+				return m
+			}
+		case <-deadline:
+			t.Fatalf("no %q on the notify socket within %s", want, timeout)
+		}
+	}
+}
+
+// supervisor is a sockshim started directly by the test (no systemd).
+type supervisor struct {
+	cmd  *exec.Cmd
+	done chan error
+	log  *syncBuffer
+}
+
+// syncBuffer collects sockshim's output while tests read it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) add(line string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.b.WriteString(line + "\n")
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+func startSupervisor(t *testing.T, b bins, cfg string, env ...string) *supervisor {
+	t.Helper()
+	cmd := exec.Command(b.sockshim, "run", "-c", cfg)
+	cmd.Env = append(os.Environ(), env...)
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	s := &supervisor{cmd: cmd, done: make(chan error, 1), log: &syncBuffer{}}
+	logDone := make(chan struct{})
+	go func() {
+		defer close(logDone)
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			s.log.add(sc.Text())
+		}
+	}()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		err := cmd.Wait()
+		pw.Close()
+		<-logDone
+		s.done <- err
+	}()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-s.done
+		}
+		if t.Failed() {
+			t.Logf("sockshim output:\n%s", s.log.String())
+		}
+	})
+	return s
+}
+
+func (s *supervisor) signal(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := s.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("signal %v: %v", sig, err)
+	}
+}
+
+// wait returns sockshim's exit error, failing after timeout.
+func (s *supervisor) wait(t *testing.T, timeout time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-s.done:
+		s.done <- err
+		return err
+	case <-time.After(timeout):
+		t.Fatalf("sockshim did not exit within %s", timeout)
+		return nil
+	}
+}

@@ -1,0 +1,305 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sockshim/sockshim/testenv"
+	"github.com/sockshim/sockshim/testenv/load"
+)
+
+// reloadsUnderLoad is how many `systemctl reload` each load run performs.
+var reloadsUnderLoad = envInt("SOCKSHIM_E2E_RELOADS", 100)
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// workerConfig is a [[worker]] block for the testworker.
+func workerConfig(b bins, version, strategy string, surge, count int, extra ...string) string {
+	args := append([]string{b.testworker, "-version", version}, extra...)
+	return fmt.Sprintf(`
+[[worker]]
+name = "tw"
+command = %s
+count = %d
+strategy = %q
+surge = %d
+ready_timeout = "5s"
+drain_timeout = "10s"
+`, tomlList(args...), count, strategy, surge)
+}
+
+// rewrite replaces the app's config atomically, as a deploy tool would.
+func (a *app) rewrite(t *testing.T, body string) {
+	t.Helper()
+	tmp := a.cfgPath + ".new"
+	text := body + fmt.Sprintf("\n[control]\nsocket = %q\n", a.ctl)
+	if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, a.cfgPath); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkGeneration asserts that every serving worker runs generation gen.
+func checkGeneration(t *testing.T, a *app, gen, count int) {
+	t.Helper()
+	st := status(t, a.ctl)
+	serving := 0
+	for _, g := range st.Groups {
+		for _, w := range g.Workers {
+			if w.State == "draining" {
+				if w.Generation >= gen {
+					t.Fatalf("worker %d of generation %d draining after reload to %d", w.ID, w.Generation, gen)
+				}
+				continue
+			}
+			if w.Generation != gen || w.State != "ready" {
+				t.Fatalf("after reload to generation %d: worker %d is generation %d, %s\nstatus: %s", gen, w.ID, w.Generation, w.State, st.Line)
+			}
+			serving++
+		}
+	}
+	if serving != count {
+		t.Fatalf("after reload to generation %d: %d serving workers, want %d", gen, serving, count)
+	}
+}
+
+// TestReloadUnderLoad does many `systemctl --user reload` in a row while the
+// load client runs at full speed, for each strategy and client mode, and
+// asserts that not one request failed, that every reload moved every worker
+// to the new generation, and that the answers switched to the new version.
+func TestReloadUnderLoad(t *testing.T) {
+	b := build(t)
+	m := testenv.StartUserManager(t)
+	cases := []struct {
+		strategy  string
+		surge     int
+		keepAlive bool
+	}{
+		{"rolling", 1, false},
+		{"rolling", 1, true},
+		{"parallel", 1, false},
+		{"parallel", 1, true},
+		{"rolling", 0, false},
+	}
+	var report []string
+	for i, c := range cases {
+		name := fmt.Sprintf("%s-surge%d-keepalive=%v", c.strategy, c.surge, c.keepAlive)
+		t.Run(name, func(t *testing.T) {
+			const count = 3
+			unit := fmt.Sprintf("rl%d", i)
+			a := installApp(t, m, b, unit, workerConfig(b, "v1", c.strategy, c.surge, count))
+			get(t, a.url)
+			m.WaitActive(t, unit+".service", 10*time.Second)
+
+			ctx, stop := context.WithCancel(context.Background())
+			var res *load.Result
+			var loadErr error
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				res, loadErr = load.Run(ctx, load.Options{URL: a.url, Concurrency: 16, Duration: 20 * time.Minute, KeepAlive: c.keepAlive})
+			}()
+			time.Sleep(300 * time.Millisecond)
+
+			var lat []time.Duration
+			for n := 1; n <= reloadsUnderLoad; n++ {
+				version := fmt.Sprintf("v%d", n+1)
+				a.rewrite(t, workerConfig(b, version, c.strategy, c.surge, count))
+				start := time.Now()
+				if out, err := m.Systemctl("reload", unit+".service"); err != nil {
+					stop()
+					<-done
+					t.Fatalf("reload %d: %v\n%s", n, err, out)
+				}
+				lat = append(lat, time.Since(start))
+				checkGeneration(t, a, n+1, count)
+				if got := get(t, a.url); got.version != version {
+					t.Fatalf("reload %d: answer from version %q, want %q", n, got.version, version)
+				}
+			}
+			time.Sleep(300 * time.Millisecond)
+			stop()
+			<-done
+			if loadErr != nil {
+				t.Fatal(loadErr)
+			}
+			slices.Sort(lat)
+			line := fmt.Sprintf("| %s | %d | %d | %d | %d | %s | %s |", name, reloadsUnderLoad, res.Requests, res.Failed(), res.IdleRetries,
+				lat[len(lat)/2].Round(time.Millisecond), lat[len(lat)*99/100].Round(time.Millisecond))
+			report = append(report, line)
+			t.Logf("%s\nload: %s", line, res)
+			if res.Failed() != 0 {
+				t.Errorf("%d failed requests during %d reloads: %v", res.Failed(), reloadsUnderLoad, res.Failures)
+			}
+			final := fmt.Sprintf("v%d", reloadsUnderLoad+1)
+			if res.Versions[final] == 0 {
+				t.Errorf("no answer from the final version %s under load: %v", final, res.Versions)
+			}
+			checkNoLeaks(t, a)
+			m.MustSystemctl(t, "stop", unit+".service", unit+".socket")
+		})
+	}
+	writeResults(t, "reload-under-load.md", "| case | reloads | requests | failed | idle keep-alive retries | reload p50 | reload p99 |\n|---|---|---|---|---|---|---|\n"+strings.Join(report, "\n")+"\n")
+}
+
+// checkNoLeaks asserts sockshim has no zombie children and holds no more
+// descriptors than it needs: its sockets, control and notify sockets, the
+// Go runtime's own, and one notify proxy plus one stderr pipe per live worker.
+func checkNoLeaks(t *testing.T, a *app) {
+	t.Helper()
+	pid := status(t, a.ctl).PID
+	waitFor(t, 15*time.Second, "old generations to finish draining", func() bool {
+		return len(workerPIDs(status(t, a.ctl), "draining")) == 0
+	})
+	if z := testenv.Zombies(pid); len(z) > 0 {
+		t.Errorf("zombie children of sockshim: %v", z)
+	}
+	fds, err := testenv.FDs(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := len(workerPIDs(status(t, a.ctl), ""))
+	// 0-2, the passed socket, control listener, epoll + eventfd/pipe of the
+	// runtime, and per worker its notify proxy and stderr pipe.
+	if limit := 10 + 2*live; len(fds) > limit {
+		t.Errorf("sockshim holds %d fds with %d workers (limit %d): %v", len(fds), live, limit, fds)
+	}
+}
+
+// TestFailedCanary: a new generation whose first worker exits before it is
+// ready makes `systemctl reload` fail; the old generation serves throughout.
+func TestFailedCanary(t *testing.T) {
+	b := build(t)
+	m := testenv.StartUserManager(t)
+	a := installApp(t, m, b, "canary", workerConfig(b, "v1", "rolling", 1, 2))
+	get(t, a.url)
+	m.WaitActive(t, "canary.service", 10*time.Second)
+
+	ctx, stop := context.WithCancel(context.Background())
+	var res *load.Result
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		res, _ = load.Run(ctx, load.Options{URL: a.url, Concurrency: 8, Duration: 5 * time.Minute})
+	}()
+	time.Sleep(200 * time.Millisecond)
+
+	a.rewrite(t, workerConfig(b, "v2", "rolling", 1, 2, "-exit-before-ready"))
+	if out, err := m.Systemctl("reload", "canary.service"); err == nil {
+		t.Errorf("systemctl reload succeeded with a crashing canary:\n%s", out)
+	}
+	// The same through sockshim reload, to see the reason it gives.
+	out, err := exec.Command(b.sockshim, "reload", "-c", a.cfgPath).CombinedOutput()
+	if err == nil {
+		t.Errorf("sockshim reload exited 0 with a crashing canary")
+	}
+	for _, want := range []string{"tw[0]", "exit status 3", "before it was ready", "rolled back", "generation 1 keeps serving"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("reload failure message lacks %q:\n%s", want, out)
+		}
+	}
+	checkGeneration(t, a, 1, 2)
+	if got := get(t, a.url); got.version != "v1" {
+		t.Errorf("after failed reload the answer is %q, want v1", got.version)
+	}
+	stop()
+	<-done
+	if res.Failed() != 0 {
+		t.Errorf("%d failed requests while the canary failed: %v", res.Failed(), res.Failures)
+	}
+	if res.Versions["v2"] != 0 {
+		t.Errorf("%d answers from the failed generation", res.Versions["v2"])
+	}
+	t.Logf("failed canary: %s", res)
+}
+
+// TestDrainTimeoutKills: a worker that ignores SIGTERM is SIGKILLed at
+// drain_timeout, and the reload itself does not wait for that.
+func TestDrainTimeoutKills(t *testing.T) {
+	b := build(t)
+	m := testenv.StartUserManager(t)
+	body := func(v string) string {
+		return strings.Replace(workerConfig(b, v, "rolling", 1, 1, "-ignore-sigterm"), `drain_timeout = "10s"`, `drain_timeout = "1s"`, 1)
+	}
+	a := installApp(t, m, b, "stubborn", body("v1"))
+	get(t, a.url)
+	m.WaitActive(t, "stubborn.service", 10*time.Second)
+	old := workerPIDs(status(t, a.ctl), "ready")
+	a.rewrite(t, body("v2"))
+	start := time.Now()
+	m.MustSystemctl(t, "reload", "stubborn.service")
+	testenv.WaitGone(t, old, 5*time.Second)
+	if took := time.Since(start); took < 900*time.Millisecond {
+		t.Errorf("old worker gone after %s, before its drain_timeout of 1s", took)
+	}
+	if !strings.Contains(m.Log(), "still running at drain_timeout") {
+		t.Errorf("the kill is not logged")
+	}
+}
+
+// TestReloadStorm: 20 reloads requested at once coalesce, every caller gets
+// success, and one clean generation remains.
+func TestReloadStorm(t *testing.T) {
+	b := build(t)
+	m := testenv.StartUserManager(t)
+	a := installApp(t, m, b, "storm", workerConfig(b, "v1", "rolling", 1, 2))
+	get(t, a.url)
+	m.WaitActive(t, "storm.service", 10*time.Second)
+	a.rewrite(t, workerConfig(b, "v2", "rolling", 1, 2))
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if out, err := exec.Command(b.sockshim, "reload", "-c", a.cfgPath).CombinedOutput(); err != nil {
+				errs <- fmt.Errorf("%v: %s", err, out)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("reload in storm: %v", err)
+	}
+	st := status(t, a.ctl)
+	if st.Reloads >= 20 || st.Reloads < 1 {
+		t.Errorf("20 concurrent requests ran %d reloads; want them coalesced", st.Reloads)
+	}
+	checkGeneration(t, a, st.Generation, 2)
+	if st.Generation != 1+st.Reloads {
+		t.Errorf("generation %d after %d reloads", st.Generation, st.Reloads)
+	}
+	waitFor(t, 15*time.Second, "old generations to drain", func() bool {
+		return len(workerPIDs(status(t, a.ctl), "draining")) == 0
+	})
+	t.Logf("20 concurrent reload requests ran %d reloads", st.Reloads)
+}
+
+// writeResults stores a results table under testdata/results (kept in the
+// repository so figures are reviewable next to the code that made them).
+func writeResults(t *testing.T, name, text string) {
+	t.Helper()
+	dir := filepath.Join("..", "results")
+	os.MkdirAll(dir, 0o755)
+	stamp := fmt.Sprintf("<!-- written by go test ./e2e on %s -->\n", time.Now().UTC().Format(time.RFC3339))
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(stamp+text), 0o644); err != nil {
+		t.Errorf("writing results: %v", err)
+	}
+}

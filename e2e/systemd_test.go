@@ -1,0 +1,161 @@
+package e2e
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sockshim/sockshim/testenv"
+)
+
+// app is a socket-activated sockshim service installed in a user manager.
+type app struct {
+	m       *testenv.Manager
+	name    string // unit base name
+	url     string
+	ctl     string // control socket
+	cfgPath string
+	fdDir   string
+	b       bins
+}
+
+// installApp writes a .socket and a Type=notify .service running sockshim
+// with cfgBody (the [[worker]] part of the config) and starts the socket.
+func installApp(t *testing.T, m *testenv.Manager, b bins, name, cfgBody string) *app {
+	t.Helper()
+	dir := t.TempDir()
+	a := &app{m: m, name: name, b: b, ctl: filepath.Join(dir, "control.sock"), fdDir: filepath.Join(dir, "fds")}
+	os.Mkdir(a.fdDir, 0o755)
+	port := testenv.FreePort(t)
+	a.url = fmt.Sprintf("http://127.0.0.1:%d/", port)
+	a.cfgPath = writeConfig(t, dir, cfgBody+fmt.Sprintf("\n[control]\nsocket = %q\n", a.ctl))
+	m.WriteUnit(t, name+".socket", fmt.Sprintf(`[Unit]
+Description=%[1]s socket
+
+[Socket]
+ListenStream=127.0.0.1:%[2]d
+FileDescriptorName=http
+Backlog=4096
+
+[Install]
+WantedBy=sockets.target
+`, name, port))
+	m.WriteUnit(t, name+".service", fmt.Sprintf(`[Unit]
+Description=%[1]s under sockshim
+Requires=%[1]s.socket
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart=%[2]s run -c %[3]s
+ExecReload=%[2]s reload -c %[3]s
+KillMode=mixed
+TimeoutStopSec=30
+`, name, b.sockshim, a.cfgPath))
+	m.MustSystemctl(t, "start", name+".socket")
+	return a
+}
+
+// TestSystemdSocketActivated is the core path through a real systemd: the
+// first connection activates the service, generation 1 serves from worker
+// ids 0…count-1, systemctl status shows sockshim's STATUS, and stop drains
+// leaving no process behind.
+func TestSystemdSocketActivated(t *testing.T) {
+	b := build(t)
+	m := testenv.StartUserManager(t)
+	a := installApp(t, m, b, "hello", fmt.Sprintf(`
+[[worker]]
+name = "tw"
+command = %s
+count = 3
+ready_timeout = "10s"
+drain_timeout = "5s"
+`, tomlList(b.testworker, "-version", "v1", "-report", "FDDIR")))
+	// The fd report dir is only known now; patch it into the config.
+	patchConfig(t, a.cfgPath, "FDDIR", a.fdDir)
+
+	if state := m.Show(t, "hello.service", "ActiveState"); state != "inactive" {
+		t.Fatalf("service %s before the first connection; want inactive (socket activation)", state)
+	}
+	first := get(t, a.url) // activates the service and waits for an answer
+	if first.generation != "1" || first.version != "v1" {
+		t.Fatalf("first answer %+v, want generation 1, v1", first)
+	}
+	m.WaitActive(t, "hello.service", 10*time.Second)
+	mainPID := m.MainPID(t, "hello.service")
+
+	st := status(t, a.ctl)
+	if st.PID != mainPID {
+		t.Errorf("status pid %d, MainPID %d", st.PID, mainPID)
+	}
+	pids := workerPIDs(st, "ready")
+	var ids []int
+	for _, w := range st.Groups[0].Workers {
+		ids = append(ids, w.ID)
+	}
+	slices.Sort(ids)
+	if !slices.Equal(ids, []int{0, 1, 2}) || len(pids) != 3 {
+		t.Fatalf("workers %v (pids %v), want ids [0 1 2] all ready", ids, pids)
+	}
+	for range 30 {
+		a1 := get(t, a.url)
+		pid, _ := strconv.Atoi(a1.pid)
+		if a1.generation != "1" || !slices.Contains(pids, pid) {
+			t.Fatalf("answer %+v not from generation-1 workers %v", a1, pids)
+		}
+	}
+	for _, pid := range pids {
+		checkInheritedFDs(t, a.fdDir, pid, 1)
+		env := testenv.ReadEnvReport(t, a.fdDir, pid)
+		if env["LISTEN_FDNAMES"] != "http" || env["LISTEN_FDS"] != "1" || env["LISTEN_PID"] != strconv.Itoa(pid) {
+			t.Errorf("worker %d LISTEN_* = %v", pid, env)
+		}
+		if !strings.HasPrefix(env["NOTIFY_SOCKET"], "@sockshim/") {
+			t.Errorf("worker %d NOTIFY_SOCKET=%q, want its sockshim proxy", pid, env["NOTIFY_SOCKET"])
+		}
+		for k := range env {
+			if strings.HasPrefix(k, "WATCHDOG_") {
+				t.Errorf("worker %d sees %s", pid, k)
+			}
+		}
+	}
+
+	out, _ := m.Systemctl("status", "hello.service")
+	if !strings.Contains(out, `Status: "gen 1: tw 3/3 ready"`) {
+		t.Errorf("systemctl status lacks sockshim's STATUS line:\n%s", out)
+	}
+	if z := testenv.Zombies(mainPID); len(z) > 0 {
+		t.Errorf("zombies under sockshim: %v", z)
+	}
+
+	m.MustSystemctl(t, "stop", "hello.service", "hello.socket")
+	testenv.WaitGone(t, append([]int{mainPID}, pids...), 10*time.Second)
+	if state := m.Show(t, "hello.service", "ActiveState"); state != "inactive" {
+		t.Errorf("after stop: %s, want inactive", state)
+	}
+	if res := m.Show(t, "hello.service", "Result"); res != "success" {
+		t.Errorf("after stop: Result=%s, want success (sockshim exits 0 after draining)", res)
+	}
+	// The socket unit is stopped too, so nothing may answer any more.
+	if c, err := net.DialTimeout("tcp", strings.TrimSuffix(strings.TrimPrefix(a.url, "http://"), "/"), time.Second); err == nil {
+		c.Close()
+		t.Errorf("port still accepting after stop")
+	}
+}
+
+func patchConfig(t *testing.T, path, old, new string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(strings.ReplaceAll(string(b), old, new)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

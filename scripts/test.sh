@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, vet, staticcheck, every test with the race
+# detector (the end-to-end tests boot a real systemd user manager and need
+# root), and a bounded fuzz run of the handoff decoder.
+# Installs what it needs on Debian 12 when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STATICCHECK_VERSION=2026.2.2
+FUZZTIME=${FUZZTIME:-20s}
+
+need_pkgs=()
+command -v unshare >/dev/null || need_pkgs+=(util-linux)
+command -v nsenter >/dev/null || need_pkgs+=(util-linux)
+[ -x /usr/lib/systemd/systemd ] || need_pkgs+=(systemd)
+command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+	apt-get update
+	apt-get install -y --no-install-recommends "${need_pkgs[@]}"
+fi
+
+go mod download
+GOBIN="$(go env GOPATH)/bin"
+if ! "$GOBIN/staticcheck" -version 2>/dev/null | grep -q "$STATICCHECK_VERSION"; then
+	go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
+fi
+
+echo "== gofmt"
+unformatted=$(gofmt -l .)
+if [ -n "$unformatted" ]; then
+	echo "not gofmt'ed:"; echo "$unformatted"; exit 1
+fi
+echo "== go vet"
+go vet ./...
+echo "== staticcheck"
+"$GOBIN/staticcheck" ./...
+echo "== go test -race"
+go test -race -count=1 -timeout 40m ./...
+echo "== fuzz handoff decoder ($FUZZTIME)"
+go test -run='^$' -fuzz=FuzzDecode -fuzztime="$FUZZTIME" ./handoff

@@ -1,0 +1,102 @@
+// Package config reads sockshim's TOML config, strictly: every unknown key,
+// wrong type or impossible value is an error that names the file, the line
+// and the key's path, so an operator can fix it without guessing.
+package config
+
+import (
+	"os"
+	"syscall"
+	"time"
+)
+
+// Config is one sockshim config file.
+type Config struct {
+	Path    string   // the file it was read from
+	Listen  []Listen // [[listen]]: used only when the service manager passes no sockets
+	Workers []Group  // [[worker]]: at least one
+	Control Control  // [control]
+}
+
+// Listen is a socket sockshim binds itself when it is not socket-activated.
+type Listen struct {
+	Name    string // name = "http": the LISTEN_FDNAMES entry workers see
+	Address string // address = "tcp://127.0.0.1:8080", as written
+	Network string // derived: tcp, tcp4, tcp6, udp, udp4, udp6, unix, unixgram, unixpacket
+	Addr    string // derived: host:port, or a unix path ("@name" is abstract)
+	// Mode of a unix socket file: mode = "0660". Default 0660.
+	Mode os.FileMode
+	// Backlog of a stream socket; 0 (default) asks for the kernel maximum,
+	// net.core.somaxconn, like systemd.
+	Backlog int
+}
+
+// ReadyMode says how sockshim learns that a worker serves.
+type ReadyMode string
+
+// Readiness modes.
+const (
+	ReadyNotify  ReadyMode = "notify"  // the worker sends READY=1 (sd_notify)
+	ReadyDelay   ReadyMode = "delay"   // ready_delay after start; a guess
+	ReadyCommand ReadyMode = "command" // ready_command exits 0
+)
+
+// Strategy says how a reload replaces a group's workers.
+type Strategy string
+
+// Reload strategies.
+const (
+	StrategyRolling  Strategy = "rolling"  // canary first, then surge at a time
+	StrategyParallel Strategy = "parallel" // all new, then all old drain
+)
+
+// Group is one [[worker]] entry: count identical workers.
+type Group struct {
+	Name         string            // name = "web"; default "worker" if only one group, else required
+	Command      []string          // command = ["/usr/bin/myapp", "--serve"]; required
+	Count        int               // count = 4; default 1
+	Sockets      []string          // sockets = ["http"]; default (nil) all sockets
+	Ready        ReadyMode         // ready = "notify" (default) | "delay" | "command"
+	ReadyDelay   time.Duration     // ready_delay = "1s" (default), for ready = "delay"
+	ReadyCommand []string          // ready_command = [...], required for ready = "command"
+	ReadyTimeout time.Duration     // ready_timeout = "30s" (default)
+	Strategy     Strategy          // strategy = "rolling" (default) | "parallel"
+	Surge        int               // surge = 1 (default): rolling only; 0 = stop one old first
+	MaxDraining  int               // max_draining = 2 (default): draining generations kept before the oldest is killed
+	StopSignal   syscall.Signal    // stop_signal = "SIGTERM" (default)
+	DrainTimeout time.Duration     // drain_timeout = "30s" (default), then SIGKILL
+	Reloadable   bool              // reloadable = true (default)
+	User         string            // user = "myapp": drop privileges (sockshim must run as root)
+	Group        string            // group = "myapp": default the user's primary group
+	Env          map[string]string // env = { APP_ENV = "production" }
+	Dir          string            // dir = "/srv/myapp": working directory
+}
+
+// Control is the [control] table.
+type Control struct {
+	// Socket is the control socket's path; empty means the default chosen
+	// by control.SocketPath.
+	Socket string
+}
+
+// Defaults for [[worker]] keys.
+const (
+	DefaultCount        = 1
+	DefaultReadyDelay   = time.Second
+	DefaultReadyTimeout = 30 * time.Second
+	DefaultSurge        = 1
+	DefaultMaxDraining  = 2
+	DefaultDrainTimeout = 30 * time.Second
+	DefaultSocketMode   = os.FileMode(0o660)
+	// MaxCount bounds count: more workers than this per group is a typo.
+	MaxCount = 4096
+)
+
+// HasGroup reports whether the config has a [[worker]] named name.
+func (c *Config) HasGroup(name string) bool {
+	for _, g := range c.Workers {
+		if g.Name == name {
+			return true
+		}
+	}
+	return false
+}

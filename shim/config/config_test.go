@@ -1,0 +1,159 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestFullExample(t *testing.T) {
+	cfg, err := Load("testdata/full.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &Config{
+		Path: "testdata/full.toml",
+		Listen: []Listen{
+			{Name: "http", Address: "tcp://127.0.0.1:8080", Network: "tcp", Addr: "127.0.0.1:8080", Mode: 0o660, Backlog: 1024},
+			{Name: "admin", Address: "unix:/run/myapp/admin.sock", Network: "unix", Addr: "/run/myapp/admin.sock", Mode: 0o600},
+		},
+		Workers: []Group{{
+			Name: "web", Command: []string{"/usr/bin/myapp", "--serve"}, Count: 4, Sockets: []string{"http"},
+			Ready: ReadyCommand, ReadyDelay: 2 * time.Second,
+			ReadyCommand: []string{"/usr/bin/curl", "-fsS", "http://127.0.0.1:8080/health"},
+			ReadyTimeout: 20 * time.Second, Strategy: StrategyParallel, Surge: 2, MaxDraining: 3,
+			StopSignal: syscall.SIGQUIT, DrainTimeout: 45 * time.Second, Reloadable: true,
+			User: "myapp", Group: "myapp", Env: map[string]string{"APP_ENV": "production", "TZ": "UTC"}, Dir: "/srv/myapp",
+		}, {
+			Name: "ws", Command: []string{"/usr/bin/myapp", "--websocket"}, Count: 1, Sockets: []string{"admin"},
+			Ready: ReadyNotify, ReadyDelay: DefaultReadyDelay, ReadyTimeout: DefaultReadyTimeout, Strategy: StrategyRolling,
+			Surge: DefaultSurge, MaxDraining: DefaultMaxDraining, StopSignal: syscall.SIGINT, DrainTimeout: DefaultDrainTimeout,
+			Reloadable: false,
+		}},
+		Control: Control{Socket: "/run/sockshim/myapp.sock"},
+	}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("got  %+v\nwant %+v", cfg, want)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	cfg, err := Parse("min.toml", []byte("[[worker]]\ncommand = [\"/bin/true\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Group{Name: "worker", Command: []string{"/bin/true"}, Count: 1, Ready: ReadyNotify, ReadyDelay: time.Second,
+		ReadyTimeout: 30 * time.Second, Strategy: StrategyRolling, Surge: 1, MaxDraining: 2, StopSignal: syscall.SIGTERM,
+		DrainTimeout: 30 * time.Second, Reloadable: true}
+	if len(cfg.Workers) != 1 || !reflect.DeepEqual(cfg.Workers[0], want) {
+		t.Errorf("got %+v\nwant %+v", cfg.Workers, want)
+	}
+	if len(cfg.Listen) != 0 || cfg.Control.Socket != "" {
+		t.Errorf("unexpected listen/control: %+v", cfg)
+	}
+}
+
+// TestErrors checks that each kind of mistake gets one error naming the file,
+// the line and the key.
+func TestErrors(t *testing.T) {
+	const w = "[[worker]]\ncommand = [\"/bin/app\"]\n"
+	cases := []struct{ name, text, want string }{
+		{"unknown key with suggestion", w + "cont = 4\n", `app.toml:3: worker[0].cont: unknown key (did you mean "count"?)`},
+		{"unknown key without suggestion", w + "colour = 4\n", `app.toml:3: worker[0].colour: unknown key (known keys: name, command,`},
+		{"unknown top-level key", "verbose = true\n" + w, `app.toml:1: verbose: unknown key`},
+		{"unknown control key", w + "[control]\nsock = \"/x\"\n", `app.toml:4: control.sock: unknown key (did you mean "socket"?)`},
+		{"wrong type", w + "count = \"4\"\n", `app.toml:3: worker[0].count: want an integer, got string "4"`},
+		{"bad duration", w + "ready_timeout = \"30 seconds\"\n", `app.toml:3: worker[0].ready_timeout: "30 seconds" is not a duration`},
+		{"zero duration", w + "drain_timeout = \"0s\"\n", `app.toml:3: worker[0].drain_timeout: "0s" must be positive`},
+		{"unknown signal", w + "stop_signal = \"SIGFOO\"\n", `app.toml:3: worker[0].stop_signal: SIGFOO is not a signal name`},
+		{"uncatchable signal", w + "stop_signal = \"KILL\"\n", `app.toml:3: worker[0].stop_signal: SIGKILL cannot be caught`},
+		{"bad ready", w + "ready = \"maybe\"\n", `app.toml:3: worker[0].ready: "maybe" is not one of notify, delay, command`},
+		{"bad strategy", w + "strategy = \"yolo\"\n", `app.toml:3: worker[0].strategy: "yolo" is not one of rolling, parallel`},
+		{"count zero", w + "count = 0\n", `app.toml:3: worker[0].count: 0 is not between 1 and 4096`},
+		{"negative surge", w + "surge = -1\n", `app.toml:3: worker[0].surge: must not be negative`},
+		{"missing command", "[[worker]]\nname = \"web\"\n", `app.toml:1: worker[0].command: required`},
+		{"empty command", "[[worker]]\ncommand = []\n", `app.toml:2: worker[0].command: must name a program`},
+		{"ready command missing", w + "ready = \"command\"\n", `app.toml:1: worker[0].ready_command: required with ready = "command"`},
+		{"no worker", "[[listen]]\nname = \"http\"\naddress = \"tcp://127.0.0.1:80\"\n", `app.toml: no [[worker]] group`},
+		{"duplicate worker", w + "name = \"a\"\n[[worker]]\nname = \"a\"\ncommand = [\"/x\"]\n", `app.toml:5: worker[1].name: "a" is already the name of worker[0]`},
+		{"duplicate listen", "[[listen]]\nname = \"h\"\naddress = \"tcp://:1\"\n[[listen]]\nname = \"h\"\naddress = \"tcp://:2\"\n" + w, `app.toml:5: listen[1].name: "h" is already the name of listen[0]`},
+		{"socket not listed", "[[listen]]\nname = \"http\"\naddress = \"tcp://:80\"\n" + w + "sockets = [\"htp\"]\n", `app.toml:6: worker[0].sockets: no [[listen]] is named "htp" (names: "http")`},
+		{"bad scheme", "[[listen]]\nname = \"h\"\naddress = \"foo://x\"\n" + w, `app.toml:3: listen[0].address: "foo://x": unknown scheme "foo"`},
+		{"no port", "[[listen]]\nname = \"h\"\naddress = \"tcp://nohost\"\n" + w, `app.toml:3: listen[0].address: "tcp://nohost": want tcp://host:port`},
+		{"bad port", "[[listen]]\nname = \"h\"\naddress = \"tcp://:99999\"\n" + w, `app.toml:3: listen[0].address: "tcp://:99999": port "99999" is not a number from 0 to 65535`},
+		{"relative unix", "[[listen]]\nname = \"h\"\naddress = \"unix:run/x.sock\"\n" + w, `app.toml:3: listen[0].address: "unix:run/x.sock": socket path "run/x.sock" is not absolute`},
+		{"empty unix", "[[listen]]\nname = \"h\"\naddress = \"unix:\"\n" + w, `app.toml:3: listen[0].address: "unix:": empty socket path`},
+		{"colon in name", "[[listen]]\nname = \"a:b\"\naddress = \"tcp://:1\"\n" + w, `app.toml:2: listen[0].name: "a:b" may not contain ':'`},
+		{"bad mode", "[[listen]]\nname = \"h\"\naddress = \"unix:/x\"\nmode = \"rw\"\n" + w, `app.toml:4: listen[0].mode: "rw" is not an octal file mode`},
+		{"private env", w + "env = { LISTEN_FDS = \"3\" }\n", `app.toml:3: worker[0].env.LISTEN_FDS: is set by sockshim`},
+		{"syntax", w + "count = = 3\n", `app.toml:3: TOML syntax:`},
+		{"second worker line", w + "name = \"a\"\n[[worker]]\nname = \"b\"\ncommand = [\"/x\"]\ncount = \"x\"\n", `app.toml:7: worker[1].count: want an integer`},
+		{"multi-line array skipped", "[[worker]]\ncommand = [\n  \"/bin/app\",\n  \"-x\",\n]\ncoutn = 2\n", `app.toml:6: worker[0].coutn: unknown key (did you mean "count"?)`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse("app.toml", []byte(c.text))
+			if err == nil {
+				t.Fatalf("no error for:\n%s", c.text)
+			}
+			if !strings.HasPrefix(err.Error(), c.want) {
+				t.Errorf("error:\n  %s\nwant prefix:\n  %s", err, c.want)
+			}
+		})
+	}
+}
+
+func TestManyErrorsSortedByLine(t *testing.T) {
+	_, err := Parse("app.toml", []byte("[[worker]]\ncommand = [\"/x\"]\ncount = 0\nsurge = -2\nready = \"x\"\n"))
+	es := AsErrors(err)
+	if len(es) != 3 {
+		t.Fatalf("want 3 errors, got %v", err)
+	}
+	for i, line := range []int{3, 4, 5} {
+		if es[i].Line != line {
+			t.Errorf("error %d on line %d, want %d: %v", i, es[i].Line, line, es[i])
+		}
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "nope.toml")
+	_, err := Load(path)
+	if err == nil || !strings.Contains(err.Error(), path) {
+		t.Errorf("error %v does not name %s", err, path)
+	}
+}
+
+func TestCheckSocketNames(t *testing.T) {
+	cfg, err := Parse("app.toml", []byte("[[worker]]\ncommand = [\"/x\"]\nsockets = [\"http\", \"admin\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.CheckSocketNames([]string{"http", "admin"}); err != nil {
+		t.Errorf("unexpected: %v", err)
+	}
+	err = cfg.CheckSocketNames([]string{"http"})
+	want := `app.toml: worker[0].sockets: socket "admin" does not exist (sockets held: "http")`
+	if err == nil || err.Error() != want {
+		t.Errorf("got %v, want %s", err, want)
+	}
+}
+
+func TestExampleConfigsParse(t *testing.T) {
+	files, _ := filepath.Glob("../../examples/*.toml")
+	if len(files) == 0 {
+		t.Fatal("no example configs found")
+	}
+	for _, f := range files {
+		if _, err := Load(f); err != nil {
+			t.Errorf("%v", err)
+		}
+	}
+	if _, err := os.Stat("testdata/full.toml"); err != nil {
+		t.Error(err)
+	}
+}
