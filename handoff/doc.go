@@ -1,0 +1,6 @@
+// Package handoff passes named listening sockets from sockshim to a freshly
+// started worker: a small versioned wire protocol over an AF_UNIX
+// SOCK_SEQPACKET socket with SCM_RIGHTS, and the exec trampoline that turns
+// the received sockets into the systemd socket-activation environment
+// (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID) before exec'ing the worker.
+package handoff

@@ -1,0 +1,344 @@
+package handoff
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// The test binary doubles as the trampoline, the way sockshim runs it.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 2 && os.Args[1] == TrampolineArg {
+		err := Trampoline(os.Args[3:])
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(127)
+	}
+	raiseNoFile()
+	os.Exit(m.Run())
+}
+
+// raiseNoFile lifts the soft fd limit to the hard one: the 1000-socket case
+// holds about 3000 descriptors at its peak.
+func raiseNoFile() {
+	var l unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &l) == nil {
+		l.Cur = l.Max
+		unix.Setrlimit(unix.RLIMIT_NOFILE, &l)
+	}
+}
+
+// openFDs counts this process's descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents) - 1 // ReadDir's own descriptor
+}
+
+// sockets makes n real sockets (one end of a socketpair each, the other
+// closed) named s0, s1, …
+func sockets(t *testing.T, n int) []Socket {
+	t.Helper()
+	socks := make([]Socket, n)
+	for i := range socks {
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		socks[i] = Socket{Name: "s" + strconv.Itoa(i), File: os.NewFile(uintptr(fd), "s"+strconv.Itoa(i))}
+	}
+	t.Cleanup(func() { closeAll(socks) })
+	return socks
+}
+
+func closeAll(socks []Socket) {
+	for _, s := range socks {
+		s.File.Close()
+	}
+}
+
+func inode(t *testing.T, f *os.File) uint64 {
+	t.Helper()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino
+}
+
+func pair(t *testing.T) (*os.File, *os.File) {
+	t.Helper()
+	a, b, err := Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+func TestRoundTrip(t *testing.T) {
+	for _, n := range []int{0, 1, 253, 254, 1000} {
+		t.Run(strconv.Itoa(n), func(t *testing.T) {
+			socks := sockets(t, n)
+			a, b := pair(t)
+			before := openFDs(t)
+			errc := make(chan error, 1)
+			go func() { errc <- Send(a, socks) }()
+			got, err := Receive(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+			defer closeAll(got)
+			if len(got) != n {
+				t.Fatalf("received %d sockets, want %d", len(got), n)
+			}
+			if d := openFDs(t) - before; d != n {
+				t.Errorf("%d new descriptors, want %d", d, n)
+			}
+			for i := range got {
+				if got[i].Name != socks[i].Name {
+					t.Fatalf("socket %d named %q, want %q", i, got[i].Name, socks[i].Name)
+				}
+				if inode(t, got[i].File) != inode(t, socks[i].File) {
+					t.Fatalf("socket %d is a different socket", i)
+				}
+				flags, _ := unix.FcntlInt(uintptr(rawFD(t, got[i].File)), unix.F_GETFD, 0)
+				if flags&unix.FD_CLOEXEC == 0 {
+					t.Fatalf("socket %d received without close-on-exec", i)
+				}
+			}
+		})
+	}
+}
+
+func rawFD(t *testing.T, f *os.File) int {
+	var fd int
+	withRawFD(f, func(x int) error { fd = x; return nil })
+	return fd
+}
+
+// sendRaw writes one hand-made message with the given fds attached.
+func sendRaw(t *testing.T, conn *os.File, payload []byte, fds []int) {
+	t.Helper()
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	err := withRawFD(conn, func(c int) error { return unix.Sendmsg(c, payload, oob, nil, 0) })
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func rawFDs(t *testing.T, socks []Socket) []int {
+	fds := make([]int, len(socks))
+	for i, s := range socks {
+		fds[i] = rawFD(t, s.File)
+	}
+	return fds
+}
+
+func names(n, from int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = "s" + strconv.Itoa(from+i)
+	}
+	return out
+}
+
+// TestReceiveErrors sends malformed handoffs and checks that each is
+// rejected with a specific error and that no descriptor leaks.
+func TestReceiveErrors(t *testing.T) {
+	cases := []struct {
+		name  string
+		write func(t *testing.T, a, b *os.File, fds []int)
+		want  string
+	}{
+		{"truncated payload", func(t *testing.T, a, b *os.File, fds []int) {
+			sendRaw(t, a, encode(2, 0, names(2, 0))[:headerLen+3], fds[:2])
+		}, "payload ends"},
+		{"wrong magic", func(t *testing.T, a, b *os.File, fds []int) {
+			p := encode(1, 0, names(1, 0))
+			p[0] = 'X'
+			sendRaw(t, a, p, fds[:1])
+		}, "bad magic"},
+		{"wrong version", func(t *testing.T, a, b *os.File, fds []int) {
+			p := encode(1, 0, names(1, 0))
+			p[4] = 2
+			sendRaw(t, a, p, fds[:1])
+		}, "protocol version 2, want 1"},
+		{"fewer fds than the header says", func(t *testing.T, a, b *os.File, fds []int) {
+			sendRaw(t, a, encode(3, 0, names(3, 0)), fds[:2])
+		}, "carries 2 descriptors, header says 3"},
+		{"more fds than the header says", func(t *testing.T, a, b *os.File, fds []int) {
+			sendRaw(t, a, encode(3, 0, names(2, 0)), fds[:3])
+		}, "carries 3 descriptors, header says 2"},
+		{"total changes", func(t *testing.T, a, b *os.File, fds []int) {
+			sendRaw(t, a, encode(3, 0, names(2, 0)), fds[:2])
+			sendRaw(t, a, encode(4, 2, names(1, 2)), fds[2:3])
+		}, "message 2 says the total is 4, message 1 said 3"},
+		{"chunk out of order", func(t *testing.T, a, b *os.File, fds []int) {
+			sendRaw(t, a, encode(3, 0, names(1, 0)), fds[:1])
+			sendRaw(t, a, encode(3, 2, names(1, 2)), fds[2:3])
+		}, "message 2 starts at socket 2, expected 1"},
+		{"peer closes mid-stream", func(t *testing.T, a, b *os.File, fds []int) {
+			sendRaw(t, a, encode(3, 0, names(2, 0)), fds[:2])
+			a.Close()
+		}, "peer closed after 2 of 3 sockets"},
+		{"peer closes at once", func(t *testing.T, a, b *os.File, fds []int) {
+			a.Close()
+		}, "peer closed before sending anything"},
+		{"bad name", func(t *testing.T, a, b *os.File, fds []int) {
+			sendRaw(t, a, encode(1, 0, []string{"a:b"}), fds[:1])
+		}, "contains ':'"},
+		{"garbage", func(t *testing.T, a, b *os.File, fds []int) {
+			sendRaw(t, a, []byte("GET / HTTP/1.1\r\n\r\n"), fds[:1])
+		}, "bad magic"},
+		{"control data truncated (MSG_CTRUNC)", func(t *testing.T, a, b *os.File, fds []int) {
+			// The kernel refuses more than 253 fds per message, so make
+			// room run out another way: with SO_PASSCRED on the receiver,
+			// credentials take part of a buffer sized for exactly 253 fds.
+			err := withRawFD(b, func(fd int) error { return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSCRED, 1) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			sendRaw(t, a, encode(253, 0, names(253, 0)), fds[:253])
+		}, "MSG_CTRUNC"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			socks := sockets(t, 300)
+			a, b := pair(t)
+			before := openFDs(t)
+			c.write(t, a, b, rawFDs(t, socks))
+			got, err := Receive(b)
+			if err == nil {
+				closeAll(got)
+				t.Fatalf("no error, want %q", c.want)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Errorf("error %q, want it to contain %q", err, c.want)
+			}
+			if got != nil {
+				t.Errorf("sockets returned with an error")
+			}
+			// a may have been closed by the case, which is one fd fewer.
+			after := openFDs(t)
+			if after != before && after != before-1 {
+				t.Errorf("%d descriptors before, %d after: leaked or closed twice", before, after)
+			}
+		})
+	}
+}
+
+func TestSendRejectsBadNames(t *testing.T) {
+	socks := sockets(t, 1)
+	a, _ := pair(t)
+	for _, name := range []string{"", "a:b", "tab\there", strings.Repeat("x", 256)} {
+		socks[0].Name = name
+		if err := Send(a, socks); err == nil {
+			t.Errorf("Send accepted name %q", name)
+		}
+	}
+}
+
+// TestTrampoline starts the test binary as a trampoline exec'ing a shell
+// that reports what it inherited.
+func TestTrampoline(t *testing.T) {
+	ln1, _ := net.Listen("tcp", "127.0.0.1:0")
+	ln2, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln1.Close()
+	defer ln2.Close()
+	f1, _ := ln1.(*net.TCPListener).File()
+	f2, _ := ln2.(*net.TCPListener).File()
+	defer f1.Close()
+	defer f2.Close()
+	// A descriptor without close-on-exec in the parent must still not
+	// reach the worker: only ExtraFiles are passed by exec.Cmd, and the
+	// trampoline marks everything else close-on-exec.
+	leak, _ := unix.Open("/dev/null", unix.O_RDONLY, 0)
+	defer unix.Close(leak)
+
+	a, b := pair(t)
+	script := `echo "pid=$$ fds=$LISTEN_FDS names=$LISTEN_FDNAMES lpid=$LISTEN_PID stray=$LISTEN_STRAY"; exec ls -l /proc/self/fd`
+	cmd := exec.Command(os.Args[0], TrampolineArg, "--", "/bin/sh", "-c", script)
+	cmd.ExtraFiles = []*os.File{b}
+	cmd.Env = append(os.Environ(), "LISTEN_FDS=9", "LISTEN_STRAY=x")
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	if err := Send(a, []Socket{{"web", f1}, {"admin", f2}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	pid := cmd.Process.Pid
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	want := fmt.Sprintf("pid=%d fds=2 names=web:admin lpid=%d stray=", pid, pid)
+	if lines[0] != want {
+		t.Errorf("environment line %q, want %q", lines[0], want)
+	}
+	// ls prints one line per fd: 0, 1, 2, 3, 4 and its own directory fd.
+	fds := map[int]string{}
+	for _, l := range lines[1:] {
+		f := strings.Fields(l)
+		if len(f) < 3 || f[len(f)-2] != "->" {
+			continue
+		}
+		n, _ := strconv.Atoi(f[len(f)-3])
+		fds[n] = f[len(f)-1]
+	}
+	for fd, target := range fds {
+		switch {
+		case fd <= 2:
+		case fd == 3 || fd == 4:
+			if !strings.HasPrefix(target, "socket:") {
+				t.Errorf("fd %d is %s, want a socket", fd, target)
+			}
+		case strings.HasPrefix(target, "/proc/"):
+			// ls's own directory handle
+		default:
+			t.Errorf("worker inherited fd %d -> %s", fd, target)
+		}
+	}
+	if _, ok := fds[3]; !ok {
+		t.Errorf("fd 3 missing: %v", fds)
+	}
+	if _, ok := fds[4]; !ok {
+		t.Errorf("fd 4 missing: %v", fds)
+	}
+	if len(fds) != 6 {
+		t.Errorf("worker has %d fds, want 6 (0-2, two sockets, ls's dir): %v", len(fds), fds)
+	}
+}
+
+func TestTrampolineMissingCommand(t *testing.T) {
+	a, b := pair(t)
+	cmd := exec.Command(os.Args[0], TrampolineArg, "--", "/nonexistent/app")
+	cmd.ExtraFiles = []*os.File{b}
+	out, err := cmd.CombinedOutput()
+	a.Close()
+	var ee *exec.ExitError
+	if !errorsAs(err, &ee) || ee.ExitCode() != 127 {
+		t.Fatalf("exit %v, want 127", err)
+	}
+	if !strings.Contains(string(out), "/nonexistent/app") {
+		t.Errorf("error %q does not name the command", out)
+	}
+}

@@ -1,0 +1,99 @@
+package handoff
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// TrampolineArg is the hidden argv[1] that starts sockshim as a trampoline:
+// `sockshim __trampoline -- COMMAND ARGS…`.
+const TrampolineArg = "__trampoline"
+
+// HandoffFD is where the trampoline finds its end of the handoff socket
+// (the first of exec.Cmd.ExtraFiles).
+const HandoffFD = 3
+
+// listenFDsStart is SD_LISTEN_FDS_START.
+const listenFDsStart = 3
+
+// Trampoline receives the sockets on HandoffFD, puts them at descriptors 3,
+// 4, … in the order sent, sets LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID (its
+// own pid, which exec keeps, so it is the worker's), and execs argv. Every
+// other descriptor above 2 is close-on-exec by then, so the worker starts
+// with exactly stdin, stdout, stderr and its sockets. With no sockets, no
+// LISTEN_* variable is set at all, as sd_listen_fds(3) expects. It returns
+// only on failure.
+func Trampoline(argv []string) error {
+	if len(argv) == 0 || argv[0] == "" {
+		return errors.New("trampoline: no command")
+	}
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		return fmt.Errorf("trampoline: %w", err)
+	}
+	conn := os.NewFile(HandoffFD, "handoff")
+	socks, err := Receive(conn)
+	if err != nil {
+		return fmt.Errorf("trampoline: %w", err)
+	}
+	// Move every received socket above the target range first: received
+	// numbers may fall inside 3…3+n-1, and the handoff socket itself is 3.
+	n := len(socks)
+	high := make([]int, n)
+	for i, s := range socks {
+		if err := withRawFD(s.File, func(fd int) error {
+			var err error
+			high[i], err = unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, listenFDsStart+n)
+			return err
+		}); err != nil {
+			return fmt.Errorf("trampoline: moving socket %d: %w", i, err)
+		}
+		s.File.Close()
+	}
+	conn.Close()
+	names := make([]string, n)
+	for i, fd := range high {
+		// Dup3 without O_CLOEXEC: these are the descriptors the worker keeps.
+		if err := unix.Dup3(fd, listenFDsStart+i, 0); err != nil {
+			return fmt.Errorf("trampoline: placing socket %d at fd %d: %w", i, listenFDsStart+i, err)
+		}
+		unix.Close(fd)
+		names[i] = socks[i].Name
+	}
+	// Anything else this process holds (the Go runtime's epoll descriptor,
+	// say) must not reach the worker; marking rather than closing keeps the
+	// runtime working until exec.
+	if err := unix.CloseRange(uint(listenFDsStart+n), ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		return fmt.Errorf("trampoline: close_range: %w", err)
+	}
+	env := listenEnv(os.Environ(), os.Getpid(), names)
+	err = syscall.Exec(path, argv, env)
+	return fmt.Errorf("trampoline: exec %s: %w", path, err)
+}
+
+// listenEnv replaces any LISTEN_* variables in env with the ones describing
+// names at fds 3…, for process pid.
+func listenEnv(env []string, pid int, names []string) []string {
+	out := make([]string, 0, len(env)+3)
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "LISTEN_") {
+			continue
+		}
+		out = append(out, kv)
+	}
+	if len(names) == 0 {
+		return out
+	}
+	return append(out,
+		"LISTEN_PID="+strconv.Itoa(pid),
+		"LISTEN_FDS="+strconv.Itoa(len(names)),
+		"LISTEN_FDNAMES="+strings.Join(names, ":"),
+	)
+}
