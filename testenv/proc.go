@@ -182,4 +182,3 @@ func ReadEnvReport(t testing.TB, dir string, pid int) map[string]string {
 	}
 	return r.Env
 }
-

@@ -198,4 +198,3 @@ func (m *Manager) WaitActive(t testing.TB, unit string, timeout time.Duration) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
-

@@ -356,4 +356,3 @@ func (r *runner) merge(ts []*tally) *Result {
 	sort.Slice(res.Samples, func(i, j int) bool { return res.Samples[i].Start < res.Samples[j].Start })
 	return res
 }
-

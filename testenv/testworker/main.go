@@ -25,10 +25,11 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/sockshim/sockshim/examples/gracefulhttp"
 	"github.com/sockshim/sockshim/testenv"
+	"golang.org/x/sys/unix"
 )
 
 func main() {
-	// Snapshot before anything opens a file: this is what was inherited.
+	// Before anything else: what was inherited.
 	inherited := snapshot()
 
 	version := flag.String("version", "v1", "version string to serve")
@@ -107,24 +108,25 @@ func main() {
 	log.Info("drained")
 }
 
-// snapshot reads this process's descriptors and the variables a supervisor
-// sets, before anything else opens a file.
+// snapshot records what this process inherited: the descriptors without
+// close-on-exec (everything the Go runtime or this program opens itself is
+// close-on-exec, and anything that was close-on-exec did not survive exec)
+// and the variables a supervisor sets.
 func snapshot() testenv.Report {
 	r := testenv.Report{PID: os.Getpid(), FDs: map[int]string{}, Env: map[string]string{}}
-	dir, err := os.Open("/proc/self/fd")
-	if err == nil {
-		names, _ := dir.Readdirnames(-1)
-		own := int(dirFD(dir))
-		for _, n := range names {
-			fd, _ := strconv.Atoi(n)
-			if fd == own {
-				continue
-			}
-			if target, err := os.Readlink("/proc/self/fd/" + n); err == nil {
-				r.FDs[fd] = target
-			}
+	ents, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
 		}
-		dir.Close()
+		flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+		if err != nil || flags&unix.FD_CLOEXEC != 0 {
+			continue
+		}
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil {
+			r.FDs[fd] = target
+		}
 	}
 	for _, kv := range os.Environ() {
 		k, v, _ := strings.Cut(kv, "=")
@@ -136,10 +138,6 @@ func snapshot() testenv.Report {
 	}
 	return r
 }
-
-// dirFD is the descriptor of the directory being listed (a directory, not a
-// socket, so Fd's switch to blocking mode does no harm here).
-func dirFD(f *os.File) uintptr { return f.Fd() }
 
 func writeReport(dir string, r testenv.Report) error {
 	b, err := json.Marshal(r)
