@@ -20,7 +20,7 @@ const bootScript = `set -e
 mount -t tmpfs tmpfs /run
 mkdir -p /run/systemd/system /run/user/0/systemd/user
 export XDG_RUNTIME_DIR=/run/user/0
-exec /usr/lib/systemd/systemd --user --log-target=console --default-standard-output=inherit --default-standard-error=inherit
+exec /usr/lib/systemd/systemd --user
 `
 
 // runtimeDir is XDG_RUNTIME_DIR inside the manager's namespace.
@@ -33,8 +33,8 @@ type Manager struct {
 	done    chan struct{}
 }
 
-// StartUserManager boots a private systemd user manager. Unit output and the
-// manager's own log go to one file, shown when the test fails. Cleanup stops
+// StartUserManager boots a private systemd user manager. The output of every
+// service goes to one log file, shown when the test fails. Cleanup stops
 // the manager and kills whatever it started, and nothing else. The test fails
 // at once when the machine cannot do this (not root, no systemd, no unshare):
 // an end-to-end test that silently does not run would be worse than none.
@@ -92,6 +92,10 @@ func StartUserManager(t testing.TB) *Manager {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// The user manager sends its own stdio to /dev/null and there is no
+	// journald in its namespace, so a drop-in for every service sends unit
+	// output to the log file instead (service.d/ applies to all services).
+	m.WriteUnit(t, "service.d/50-testenv-log.conf", fmt.Sprintf("[Service]\nStandardOutput=append:%s\nStandardError=append:%s\n", m.logPath, m.logPath))
 	return m
 }
 
@@ -156,10 +160,11 @@ func (m *Manager) MustSystemctl(t testing.TB, args ...string) string {
 func (m *Manager) WriteUnit(t testing.TB, name, content string) {
 	t.Helper()
 	dir := filepath.Join("/proc", strconv.Itoa(m.PID), "root", runtimeDir, "systemd", "user")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	path := filepath.Join(dir, name)
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	m.MustSystemctl(t, "daemon-reload")
