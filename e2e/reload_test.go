@@ -158,9 +158,11 @@ func TestReloadUnderLoad(t *testing.T) {
 	writeResults(t, "reload-under-load.md", "| case | reloads | requests | failed | idle keep-alive retries | reload p50 | reload p99 |\n|---|---|---|---|---|---|---|\n"+strings.Join(report, "\n")+"\n")
 }
 
-// checkNoLeaks asserts sockshim has no zombie children and holds no more
-// descriptors than it needs: its sockets, control and notify sockets, the
-// Go runtime's own, and one notify proxy plus one stderr pipe per live worker.
+// checkNoLeaks asserts that sockshim has no zombie children and holds
+// exactly the descriptors it needs once old generations are gone: per live
+// worker one notify proxy socket, one stderr pipe and one pidfd (os/exec's
+// handle on the child); besides those only the passed socket and the control
+// socket.
 func checkNoLeaks(t *testing.T, a *app) {
 	t.Helper()
 	pid := status(t, a.ctl).PID
@@ -170,15 +172,27 @@ func checkNoLeaks(t *testing.T, a *app) {
 	if z := testenv.Zombies(pid); len(z) > 0 {
 		t.Errorf("zombie children of sockshim: %v", z)
 	}
+	live := len(workerPIDs(status(t, a.ctl), ""))
 	fds, err := testenv.FDs(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	live := len(workerPIDs(status(t, a.ctl), ""))
-	// 0-2, the passed socket, control listener, epoll + eventfd/pipe of the
-	// runtime, and per worker its notify proxy and stderr pipe.
-	if limit := 10 + 2*live; len(fds) > limit {
-		t.Errorf("sockshim holds %d fds with %d workers (limit %d): %v", len(fds), live, limit, fds)
+	kinds := map[string]int{}
+	for _, target := range fds {
+		switch {
+		case strings.HasPrefix(target, "socket:"):
+			kinds["socket"]++
+		case strings.HasPrefix(target, "pipe:"):
+			kinds["pipe"]++
+		case target == "anon_inode:[pidfd]":
+			kinds["pidfd"]++
+		}
+	}
+	want := map[string]int{"socket": live + 2, "pipe": live, "pidfd": live}
+	for k, n := range want {
+		if kinds[k] != n {
+			t.Errorf("sockshim holds %d %s descriptors with %d workers, want %d: %v", kinds[k], k, live, n, fds)
+		}
 	}
 }
 
