@@ -141,8 +141,7 @@ func TestReloadUnderLoad(t *testing.T) {
 				t.Fatal(loadErr)
 			}
 			slices.Sort(lat)
-			line := fmt.Sprintf("| %s | %d | %d | %d | %d | %s | %s |", name, reloadsUnderLoad, res.Requests, res.Failed(), res.IdleRetries,
-				lat[len(lat)/2].Round(time.Millisecond), lat[len(lat)*99/100].Round(time.Millisecond))
+			line := resultRow("sockshim reload, "+name, lat, res)
 			report = append(report, line)
 			t.Logf("%s\nload: %s", line, res)
 			if res.Failed() != 0 {
@@ -156,7 +155,60 @@ func TestReloadUnderLoad(t *testing.T) {
 			m.MustSystemctl(t, "stop", unit+".service", unit+".socket")
 		})
 	}
-	writeResults(t, "reload-under-load.md", "| case | reloads | requests | failed | idle keep-alive retries | reload p50 | reload p99 |\n|---|---|---|---|---|---|---|\n"+strings.Join(report, "\n")+"\n")
+	for _, drain := range []string{"tracked", "shutdown"} {
+		t.Run("restart-without-sockshim-drain="+drain, func(t *testing.T) {
+			report = append(report, restartWithoutSockshim(t, m, b, drain))
+		})
+	}
+	writeResults(t, "reload-under-load.md", "| case | reloads | requests | failed | idle keep-alive retries | longest gap | p99 latency | reload p50 | reload p99 |\n|---|---|---|---|---|---|---|---|---|\n"+strings.Join(report, "\n")+"\n")
+}
+
+func resultRow(name string, lat []time.Duration, res *load.Result) string {
+	slices.Sort(lat)
+	return fmt.Sprintf("| %s | %d | %d | %d | %d | %s | %s | %s | %s |", name, len(lat), res.Requests, res.Failed(), res.IdleRetries,
+		res.LongestGap.Round(time.Millisecond), res.P99.Round(time.Millisecond),
+		lat[len(lat)/2].Round(time.Millisecond), lat[len(lat)*99/100].Round(time.Millisecond))
+}
+
+// restartWithoutSockshim is the comparison: the same testworker, socket-
+// activated directly by systemd, restarted with `systemctl restart` under the
+// same load. It shows what a deploy costs without sockshim. Its failures are
+// reported, not asserted: they are the other program's behaviour.
+//
+// drain picks the testworker's drain: "tracked" (lossless) or "shutdown"
+// (http.Server.Shutdown alone, what most Go servers do).
+func restartWithoutSockshim(t *testing.T, m *testenv.Manager, b bins, drain string) string {
+	port := testenv.FreePort(t)
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	unit := "plain-" + drain
+	m.WriteUnit(t, unit+".socket", fmt.Sprintf("[Socket]\nListenStream=127.0.0.1:%d\nBacklog=4096\n", port))
+	m.WriteUnit(t, unit+".service", fmt.Sprintf("[Unit]\nRequires=%s.socket\nStartLimitIntervalSec=0\n[Service]\nType=notify\nExecStart=%s -version plain -drain %s\nTimeoutStopSec=30\n", unit, b.testworker, drain))
+	m.MustSystemctl(t, "start", unit+".socket")
+	get(t, url)
+	m.WaitActive(t, unit+".service", 10*time.Second)
+	ctx, stop := context.WithCancel(context.Background())
+	var res *load.Result
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		res, _ = load.Run(ctx, load.Options{URL: url, Concurrency: 16, Duration: 20 * time.Minute})
+	}()
+	time.Sleep(300 * time.Millisecond)
+	var lat []time.Duration
+	for range reloadsUnderLoad {
+		start := time.Now()
+		m.MustSystemctl(t, "restart", unit+".service")
+		lat = append(lat, time.Since(start))
+	}
+	time.Sleep(300 * time.Millisecond)
+	stop()
+	<-done
+	if res.Requests == 0 || res.OK == 0 {
+		t.Fatalf("the comparison run served nothing: %s", res)
+	}
+	t.Logf("systemctl restart without sockshim: %s %v", res, res.Examples)
+	m.MustSystemctl(t, "stop", unit+".service", unit+".socket")
+	return resultRow("comparison: systemctl restart, no sockshim, worker drain="+drain, lat, res)
 }
 
 // checkNoLeaks asserts that sockshim has no zombie children and holds

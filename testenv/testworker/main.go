@@ -39,6 +39,7 @@ func main() {
 	work := flag.Duration("work", 0, "time each request takes")
 	drainTimeout := flag.Duration("drain-timeout", 30*time.Second, "longest drain on SIGTERM")
 	report := flag.String("report", "", "write DIR/PID.json with inherited fds and env")
+	drainMode := flag.String("drain", "tracked", `how to drain: "tracked" (gracefulhttp, lossless) or "shutdown" (http.Server.Shutdown alone, for comparison)`)
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("testworker", *version, "pid", os.Getpid())
 
@@ -84,7 +85,8 @@ func main() {
 		h.Set("X-Pid", strconv.Itoa(os.Getpid()))
 		fmt.Fprintf(w, "version=%s generation=%s worker=%s pid=%d\n", *version, gen, id, os.Getpid())
 	})
-	srv := gracefulhttp.New(&http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second})
+	plain := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := gracefulhttp.New(plain)
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
@@ -101,7 +103,12 @@ func main() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *drainTimeout)
 	defer cancel()
-	if err := srv.Drain(ctx); err != nil {
+	drain := srv.Drain
+	if *drainMode == "shutdown" {
+		// What most Go servers do; loses requests (see gracefulhttp).
+		drain = plain.Shutdown
+	}
+	if err := drain(ctx); err != nil {
 		log.Error("drain", "err", err)
 		os.Exit(1)
 	}
