@@ -72,7 +72,7 @@ func loadOrDefault(path string) (*config.Config, error) {
 	if path != "" {
 		return config.Load(path)
 	}
-	cfg, err := config.Parse("(embedded default)", defaultTOML)
+	cfg, err := config.Parse("default.toml", defaultTOML)
 	if err != nil {
 		return nil, err
 	}

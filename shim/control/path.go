@@ -8,17 +8,16 @@ import (
 
 // SocketPath is where the supervisor of configFile listens and where the
 // reload and status commands look for it: the config's [control] socket if
-// set, else control.sock in systemd's RuntimeDirectory= (set for ExecStart=
-// and ExecReload= alike), else /run/sockshim/NAME.sock for root or
+// set, else /run/sockshim/NAME.sock for root or
 // $XDG_RUNTIME_DIR/sockshim/NAME.sock for anyone else, NAME being the config
 // file's base name without extension.
+//
+// It deliberately ignores systemd's RUNTIME_DIRECTORY: an operator's shell
+// does not have it, and `sockshim status -c /etc/sockshim/myapp.toml` typed
+// there must find the same socket that ExecStart= and ExecReload= use.
 func SocketPath(configFile, configured string) string {
 	if configured != "" {
 		return configured
-	}
-	if dirs := os.Getenv("RUNTIME_DIRECTORY"); dirs != "" {
-		first, _, _ := strings.Cut(dirs, ":")
-		return filepath.Join(first, "control.sock")
 	}
 	name := strings.TrimSuffix(filepath.Base(configFile), filepath.Ext(configFile))
 	if name == "" || name == "." || name == string(filepath.Separator) {
