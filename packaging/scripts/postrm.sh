@@ -6,7 +6,7 @@ set -e
 case "$1" in
 	purge|0)
 		find /etc/systemd/system -type l -lname '*/sockshim@.s*' -delete 2>/dev/null || true
-		rm -rf /run/sockshim
+		rmdir --ignore-fail-on-non-empty /run/sockshim 2>/dev/null || true
 		;;
 esac
 if [ -d /run/systemd/system ]; then

@@ -8,5 +8,9 @@ case "$1" in
 	*) exit 0 ;;
 esac
 [ -d /run/systemd/system ] || exit 0
-systemctl stop 'sockshim@*.socket' 'sockshim@*.service' || true
+# Debian's deb-systemd-invoke honours policy-rc.d (no service actions in
+# image builds); elsewhere plain systemctl.
+invoke=systemctl
+command -v deb-systemd-invoke >/dev/null 2>&1 && invoke=deb-systemd-invoke
+$invoke stop 'sockshim@*.socket' 'sockshim@*.service' || true
 exit 0
