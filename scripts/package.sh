@@ -22,17 +22,25 @@ if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
 fi
 export VERSION=${SOCKSHIM_VERSION:-$VERSION}
 export ARCH=${ARCH:-$(go env GOARCH)}
+DIST=${DIST:-dist}
 
 command -v go-md2man >/dev/null || go install github.com/cpuguy83/go-md2man/v2@v2.0.7
 "$GOBIN/nfpm" --version 2>/dev/null | grep -q "${NFPM_VERSION#v}" || go install "github.com/goreleaser/nfpm/v2/cmd/nfpm@$NFPM_VERSION"
 
-rm -rf dist && mkdir -p dist/man
-CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$VERSION" -o dist/sockshim ./cmd/sockshim
+# nfpm.yaml names its sources under dist/; a different DIST gets a copy of
+# the config with those paths rewritten.
+rm -rf "$DIST" && mkdir -p "$DIST/man"
+CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$VERSION" -o "$DIST/sockshim" ./cmd/sockshim
 for page in packaging/man/*.md; do
-	out="dist/man/$(basename "$page" .md)"
+	out="$DIST/man/$(basename "$page" .md)"
 	go-md2man -in "$page" -out "$out"
 	gzip -9n "$out"
 done
-nfpm package --config nfpm.yaml --packager deb --target dist/
-nfpm package --config nfpm.yaml --packager rpm --target dist/
-ls -l dist/*.deb dist/*.rpm
+config=nfpm.yaml
+if [ "$DIST" != dist ]; then
+	config="$DIST/nfpm.yaml"
+	sed "s|src: dist/|src: $DIST/|" nfpm.yaml >"$config"
+fi
+nfpm package --config "$config" --packager deb --target "$DIST/"
+nfpm package --config "$config" --packager rpm --target "$DIST/"
+ls -l "$DIST"/*.deb "$DIST"/*.rpm

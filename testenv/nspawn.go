@@ -1,0 +1,225 @@
+package testenv
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// rootCache is where the Debian root for install tests is kept between runs
+// (debootstrap takes about a minute); SOCKSHIM_TEST_ROOT_CACHE overrides it.
+func rootCache() string {
+	if d := os.Getenv("SOCKSHIM_TEST_ROOT_CACHE"); d != "" {
+		return d
+	}
+	return "/var/cache/sockshim-test/bookworm"
+}
+
+var rootMu sync.Mutex
+
+// DebianRoot returns a minimal Debian 12 root with systemd, built once with
+// debootstrap from the machine's own Debian mirror and cached.
+func DebianRoot(t testing.TB) string {
+	t.Helper()
+	rootMu.Lock()
+	defer rootMu.Unlock()
+	root := rootCache()
+	if _, err := os.Stat(filepath.Join(root, "usr/lib/systemd/systemd")); err == nil {
+		return root
+	}
+	for _, p := range []string{"debootstrap", "systemd-nspawn"} {
+		if _, err := exec.LookPath(p); err != nil {
+			t.Fatalf("testenv: %s not found: apt-get install debootstrap systemd-container", p)
+		}
+	}
+	mirror, err := debianMirror()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := root + ".tmp"
+	os.RemoveAll(tmp)
+	if err := os.MkdirAll(filepath.Dir(root), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("testenv: building a Debian 12 root in %s from %s (cached afterwards)", root, mirror)
+	out, err := exec.Command("debootstrap", "--variant=minbase", "--include=systemd,systemd-sysv,dbus",
+		"bookworm", tmp, mirror).CombinedOutput()
+	if err != nil {
+		t.Fatalf("testenv: debootstrap: %v\n%s", err, tail(string(out), 40))
+	}
+	if err := os.Rename(tmp, root); err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+// debianMirror reads the first URIs: of the machine's own apt sources.
+func debianMirror() (string, error) {
+	f, err := os.Open("/etc/apt/sources.list.d/debian.sources")
+	if err != nil {
+		return "http://deb.debian.org/debian", nil
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "URIs:"); ok {
+			return strings.Fields(v)[0], nil
+		}
+	}
+	return "", fmt.Errorf("testenv: no URIs: in /etc/apt/sources.list.d/debian.sources")
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Container is a booted systemd-nspawn container: a full systemd 252 as
+// PID 1 sharing the host's network (so loopback load reaches it).
+type Container struct {
+	Root    string // its root directory on the host
+	InitPID int    // host pid of the container's PID 1
+	cmd     *exec.Cmd
+	logPath string
+	done    chan struct{}
+}
+
+// BootContainer copies base to a scratch root and boots it. Cleanup halts it
+// and removes the copy.
+func BootContainer(t testing.TB, base string) *Container {
+	t.Helper()
+	dir, err := os.MkdirTemp("/var/tmp", "sockshim-nspawn-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Join(dir, "root")
+	if out, err := exec.Command("cp", "-a", "--reflink=auto", base, root).CombinedOutput(); err != nil {
+		t.Fatalf("testenv: copying the root: %v\n%s", err, out)
+	}
+	c := &Container{Root: root, logPath: filepath.Join(dir, "console.log"), done: make(chan struct{})}
+	logf, err := os.Create(c.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	// --register=no --keep-unit: there is no system bus or machined here.
+	c.cmd = exec.Command("systemd-nspawn", "-D", root, "--boot", "--register=no", "--keep-unit", "--console=pipe",
+		"--machine=sockshim-test-"+strconv.Itoa(os.Getpid()))
+	c.cmd.Stdout, c.cmd.Stderr = logf, logf
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := c.cmd.Start(); err != nil {
+		t.Fatalf("testenv: systemd-nspawn: %v", err)
+	}
+	go func() {
+		c.cmd.Wait()
+		close(c.done)
+	}()
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(c.logPath)
+			t.Logf("container console:\n%s", tail(string(b), 80))
+		}
+		c.cmd.Process.Signal(syscall.SIGTERM) // nspawn halts the container
+		select {
+		case <-c.done:
+		case <-time.After(20 * time.Second):
+			t.Errorf("testenv: container did not halt within 20s; killing it")
+			for _, p := range append(Descendants(c.cmd.Process.Pid), c.cmd.Process.Pid) {
+				syscall.Kill(p, syscall.SIGKILL)
+			}
+			<-c.done
+		}
+		os.RemoveAll(dir)
+	})
+
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		select {
+		case <-c.done:
+			b, _ := os.ReadFile(c.logPath)
+			t.Fatalf("testenv: container exited during boot:\n%s", tail(string(b), 40))
+		default:
+		}
+		if c.InitPID == 0 {
+			if kids := children(c.cmd.Process.Pid); len(kids) > 0 {
+				c.InitPID = kids[0]
+			}
+		}
+		if c.InitPID != 0 {
+			out, _ := c.Exec("systemctl", "is-system-running")
+			if s := strings.TrimSpace(out); s == "running" || s == "degraded" {
+				return c
+			}
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(c.logPath)
+			t.Fatalf("testenv: container not up within 60s:\n%s", tail(string(b), 40))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func children(pid int) []int {
+	var out []int
+	for p, pp := range parents() {
+		if pp == pid {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Exec runs a command inside the container (all its namespaces) and returns
+// the combined output; a non-zero exit is an error carrying the output.
+func (c *Container) Exec(args ...string) (string, error) {
+	full := append([]string{"-t", strconv.Itoa(c.InitPID), "-a", "--", "env", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+		"DEBIAN_FRONTEND=noninteractive", "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0"}, args...)
+	out, err := exec.Command("nsenter", full...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("in container: %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// MustExec is Exec that fails the test on error.
+func (c *Container) MustExec(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := c.Exec(args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// WriteFile writes a file inside the container.
+func (c *Container) WriteFile(t testing.TB, path string, data []byte, mode os.FileMode) {
+	t.Helper()
+	p := filepath.Join(c.Root, path)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, data, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// CopyIn copies a host file into the container.
+func (c *Container) CopyIn(t testing.TB, src, dst string, mode os.FileMode) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.WriteFile(t, dst, b, mode)
+}
