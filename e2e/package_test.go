@@ -209,7 +209,7 @@ func TestPackageInstall(t *testing.T) {
 
 	// 1. Install.
 	before := listFiles(t, c.Root)
-	c.MustExec(t, "apt-get", "install", "-y", "--no-download", "/root/"+filepath.Base(v1.deb))
+	c.MustExec(t, "apt-get", "install", "-y", "/root/"+filepath.Base(v1.deb))
 	if out := c.MustExec(t, "sockshim", "version"); !strings.Contains(out, "0.1.0~test1") {
 		t.Errorf("sockshim version: %s", out)
 	}
@@ -283,7 +283,7 @@ func TestPackageInstall(t *testing.T) {
 
 	// 5. Upgrade under load: the instance reloads, nothing fails.
 	loadRun("package upgrade", func() {
-		c.MustExec(t, "apt-get", "install", "-y", "--no-download", "/root/"+filepath.Base(v2.deb))
+		c.MustExec(t, "apt-get", "install", "-y", "/root/"+filepath.Base(v2.deb))
 	})
 	gen++
 	if got := get(t, url); got.generation != fmt.Sprint(gen) {

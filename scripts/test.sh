@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, vet, staticcheck, every test with the race
 # detector (the end-to-end tests boot a real systemd user manager and need
-# root), and a bounded fuzz run of the handoff decoder.
+# root), the package build and install tests (lintian, rpmlint, a Debian 12
+# system booted with systemd-nspawn), and a bounded fuzz run of the handoff
+# decoder.
 # Installs what it needs on Debian 12 when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,12 +11,17 @@ cd "$(dirname "$0")/.."
 STATICCHECK_VERSION=2026.2.2
 FUZZTIME=${FUZZTIME:-20s}
 
+# command → Debian package, for everything the tests run.
 need_pkgs=()
-command -v unshare >/dev/null || need_pkgs+=(util-linux)
-command -v nsenter >/dev/null || need_pkgs+=(util-linux)
+for pair in unshare:util-linux nsenter:util-linux systemctl:systemd systemd-analyze:systemd \
+	systemd-nspawn:systemd-container debootstrap:debootstrap lintian:lintian rpmlint:rpmlint \
+	rpm:rpm man:man-db runuser:util-linux git:git; do
+	command -v "${pair%%:*}" >/dev/null || need_pkgs+=("${pair#*:}")
+done
 [ -x /usr/lib/systemd/systemd ] || need_pkgs+=(systemd)
-command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
+	echo "== installing ${need_pkgs[*]}"
+	export DEBIAN_FRONTEND=noninteractive
 	apt-get update
 	apt-get install -y --no-install-recommends "${need_pkgs[@]}"
 fi
