@@ -117,10 +117,7 @@ func TestPackagesLint(t *testing.T) {
 	}
 
 	debFiles := debContents(t, p.deb)
-	var rpmFiles []string
-	for _, f := range strings.Fields(run(t, "rpm", "-qlp", p.rpm)) {
-		rpmFiles = append(rpmFiles, f)
-	}
+	rpmFiles := strings.Fields(run(t, "rpm", "-qlp", p.rpm))
 	// Where the formats differ by convention: the license file's place and
 	// Debian's lintian overrides.
 	debOnly := []string{"/usr/share/doc/sockshim/copyright", "/usr/share/lintian/overrides/sockshim", "/usr/share/doc/sockshim/changelog.Debian.gz"}
