@@ -147,4 +147,3 @@ func TestFileListenerWorker(t *testing.T) {
 			}
 		})
 }
-
