@@ -24,7 +24,7 @@ type bins struct {
 	sockshim, testworker string
 }
 
-func build(t *testing.T) bins {
+func build(t testing.TB) bins {
 	t.Helper()
 	return bins{
 		sockshim:   testenv.Build(t, "github.com/sockshim/sockshim/cmd/sockshim"),
@@ -33,7 +33,7 @@ func build(t *testing.T) bins {
 }
 
 // writeConfig writes a sockshim config into the test's temp dir.
-func writeConfig(t *testing.T, dir, text string) string {
+func writeConfig(t testing.TB, dir, text string) string {
 	t.Helper()
 	path := filepath.Join(dir, "app.toml")
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
@@ -57,7 +57,7 @@ type answer struct {
 	version, generation, worker, pid string
 }
 
-func get(t *testing.T, url string) answer {
+func get(t testing.TB, url string) answer {
 	t.Helper()
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	resp, err := c.Get(url)
@@ -73,7 +73,7 @@ func get(t *testing.T, url string) answer {
 }
 
 // status asks a running supervisor for its state over the control socket.
-func status(t *testing.T, sock string) *control.Status {
+func status(t testing.TB, sock string) *control.Status {
 	t.Helper()
 	r, err := control.Call(sock, control.Request{Command: "status"}, nil)
 	if err != nil {
@@ -83,7 +83,7 @@ func status(t *testing.T, sock string) *control.Status {
 }
 
 // waitFor polls cond every 50ms until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -115,7 +115,7 @@ type upstream struct {
 	msgs chan string
 }
 
-func newUpstream(t *testing.T) *upstream {
+func newUpstream(t testing.TB) *upstream {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "notify.sock")
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
@@ -159,9 +159,10 @@ func (u *upstream) await(t *testing.T, want string, timeout time.Duration) strin
 
 // supervisor is a sockshim started directly by the test (no systemd).
 type supervisor struct {
-	cmd  *exec.Cmd
-	done chan error
-	log  *syncBuffer
+	cmd     *exec.Cmd
+	done    chan error
+	log     *syncBuffer
+	logDone chan struct{} // closed once every holder of sockshim's stdout is gone
 }
 
 // syncBuffer collects sockshim's output while tests read it.
@@ -182,40 +183,57 @@ func (b *syncBuffer) String() string {
 	return b.b.String()
 }
 
-func startSupervisor(t *testing.T, b bins, cfg string, env ...string) *supervisor {
+func startSupervisor(t testing.TB, b bins, cfg string, env ...string) *supervisor {
 	t.Helper()
 	cmd := exec.Command(b.sockshim, "run", "-c", cfg)
 	cmd.Env = append(os.Environ(), env...)
-	pr, pw := io.Pipe()
+	// A real pipe, not an io.Writer: workers inherit sockshim's stdout, and
+	// cmd.Wait would otherwise wait for them to close it too.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	cmd.Stdout, cmd.Stderr = pw, pw
-	s := &supervisor{cmd: cmd, done: make(chan error, 1), log: &syncBuffer{}}
-	logDone := make(chan struct{})
+	s := &supervisor{cmd: cmd, done: make(chan error, 1), log: &syncBuffer{}, logDone: make(chan struct{})}
 	go func() {
-		defer close(logDone)
+		defer close(s.logDone)
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
 			s.log.add(sc.Text())
 		}
 	}()
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	pw.Close()
+	if err != nil {
+		pr.Close()
 		t.Fatal(err)
 	}
-	go func() {
-		err := cmd.Wait()
-		pw.Close()
-		<-logDone
-		s.done <- err
-	}()
+	go func() { s.done <- cmd.Wait() }()
 	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
+		select {
+		case err := <-s.done:
+			s.done <- err
+		default:
 			cmd.Process.Kill()
 			<-s.done
 		}
+		out := s.output()
+		pr.Close()
 		if t.Failed() {
-			t.Logf("sockshim output:\n%s", s.log.String())
+			t.Logf("sockshim output:\n%s", out)
 		}
 	})
 	return s
+}
+
+// output returns what sockshim and its workers wrote, waiting a bounded time
+// for the last writer (workers may outlive sockshim by a moment) to go.
+func (s *supervisor) output() string {
+	select {
+	case <-s.logDone:
+	case <-time.After(5 * time.Second):
+	}
+	return s.log.String()
 }
 
 func (s *supervisor) signal(t *testing.T, sig syscall.Signal) {

@@ -149,14 +149,15 @@ socket = %q
 	}
 	// Backoff 100ms, 200ms, 400ms, … : at most ~6 starts in ~4s, where a
 	// busy loop would start hundreds.
-	starts := strings.Count(sup.log.String(), `msg="worker started"`)
+	out := sup.output()
+	starts := strings.Count(out, `msg="worker started"`)
 	if starts < 3 || starts > 8 {
 		t.Errorf("%d worker starts in ~4s; want 3..8 with exponential backoff", starts)
 	}
-	if !strings.Contains(sup.log.String(), "oops") {
+	if !strings.Contains(out, "oops") {
 		t.Errorf("worker stderr not in sockshim's output")
 	}
-	if !strings.Contains(sup.log.String(), "exit status 3") {
+	if !strings.Contains(out, "exit status 3") {
 		t.Errorf("exit status not logged")
 	}
 }

@@ -27,7 +27,7 @@ type app struct {
 
 // installApp writes a .socket and a Type=notify .service running sockshim
 // with cfgBody (the [[worker]] part of the config) and starts the socket.
-func installApp(t *testing.T, m *testenv.Manager, b bins, name, cfgBody string) *app {
+func installApp(t testing.TB, m *testenv.Manager, b bins, name, cfgBody string) *app {
 	t.Helper()
 	dir := t.TempDir()
 	a := &app{m: m, name: name, b: b, ctl: filepath.Join(dir, "control.sock"), fdDir: filepath.Join(dir, "fds")}
@@ -149,7 +149,7 @@ drain_timeout = "5s"
 	}
 }
 
-func patchConfig(t *testing.T, path, old, new string) {
+func patchConfig(t testing.TB, path, old, new string) {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {

@@ -1,0 +1,393 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sockshim/sockshim/handoff"
+	"github.com/sockshim/sockshim/testenv"
+	"github.com/sockshim/sockshim/testenv/load"
+)
+
+// BenchmarkReport is the benchmark harness: one run measures everything
+// BENCHMARKS.md reports, on one machine, under the same load client, and
+// rewrites BENCHMARKS.md and its picture. Run it with
+//
+//	sudo go test ./e2e -run '^$' -bench Report -benchtime 1x -timeout 60m
+//
+// Figures are compared as ratios within the run; the machine is shared and
+// noisy, so absolute numbers are for orientation only.
+func BenchmarkReport(b *testing.B) {
+	reloads := envInt("SOCKSHIM_BENCH_RELOADS", 100)
+	bb := bins{
+		sockshim:   testenv.Build(b, "github.com/sockshim/sockshim/cmd/sockshim"),
+		testworker: testenv.Build(b, "github.com/sockshim/sockshim/testenv/testworker"),
+	}
+	m := testenv.StartUserManager(b)
+	var r report
+	r.machine()
+
+	// Steady state: the same worker, directly socket-activated vs under
+	// sockshim; interleaved rounds so drift hits both alike.
+	direct := plainUnit(b, m, bb, "bench-direct", "tracked")
+	shimmed := installAppB(b, m, bb, "bench-shim", workerConfig(bb, "v1", "rolling", 1, 1))
+	var dRes, sRes []*load.Result
+	for range 3 {
+		dRes = append(dRes, runLoad(b, direct, 16, 4*time.Second, false))
+		sRes = append(sRes, runLoad(b, shimmed.url, 16, 4*time.Second, false))
+	}
+	dRate, dP99 := rateP99(dRes)
+	sRate, sP99 := rateP99(sRes)
+	r.add("## Steady state (16 new-connection clients, 3 interleaved rounds of 4 s)\n\n| path | requests/s | p99 latency |\n|---|---|---|\n")
+	r.add("| worker socket-activated directly | %.0f | %s |\n| same worker under sockshim | %.0f | %s |\n", dRate, dP99, sRate, sP99)
+	r.add("| **ratio sockshim / direct** | **%.2f** | **%.2f** |\n\n", sRate/dRate, float64(sP99)/float64(dP99))
+
+	// Reloads under load, per strategy, with the comparison restarts.
+	r.add("## %d reloads under load (16 new-connection clients)\n\n", reloads)
+	r.add("| case | requests | failed | longest gap | p99 steady | p99 during reloads | request → new generation serving p50 / p99 | request → old generation gone p50 / p99 |\n|---|---|---|---|---|---|---|---|\n")
+	steadyP99 := sP99
+	var plotRes *load.Result
+	var plotMarks []time.Duration
+	for _, c := range []struct{ strategy string }{{"rolling"}, {"parallel"}} {
+		a := installAppB(b, m, bb, "bench-"+c.strategy, workerConfig(bb, "v1", c.strategy, 1, 4))
+		pid := status(b, a.ctl).PID
+		cpu0 := cpuTime(pid)
+		res, serving, gone, marks := reloadSeries(b, m, a, "bench-"+c.strategy, reloads)
+		cpu := cpuTime(pid) - cpu0
+		r.add("| sockshim %s, 4 workers | %d | %d | %s | %s | %s | %s / %s | %s / %s |\n", c.strategy, res.Requests, res.Failed(),
+			res.LongestGap.Round(time.Millisecond), steadyP99, res.P99, pct(serving, 50), pct(serving, 99), pct(gone, 50), pct(gone, 99))
+		r.resources = append(r.resources, fmt.Sprintf("| %s | %d KiB | %s |", c.strategy, rssKiB(pid), (cpu/time.Duration(reloads)).Round(10*time.Microsecond)))
+		if plotRes == nil {
+			plotRes, plotMarks = res, marks
+		}
+	}
+	for _, drain := range []string{"tracked", "shutdown"} {
+		url := plainUnit(b, m, bb, "bench-plain-"+drain, drain)
+		res, lat := restartSeries(b, m, url, "bench-plain-"+drain, reloads)
+		r.add("| `systemctl restart` without sockshim, worker drain=%s | %d | %d | %s | %s | %s | %s / %s | - |\n", drain, res.Requests, res.Failed(),
+			res.LongestGap.Round(time.Millisecond), steadyP99, res.P99, pct(lat, 50), pct(lat, 99))
+	}
+	r.add("\ndrain=tracked is examples/gracefulhttp; drain=shutdown is `http.Server.Shutdown` alone (see README).\n\n")
+
+	r.add("## sockshim's own cost\n\n| strategy | RSS after %d reloads | CPU time per reload |\n|---|---|---|\n%s\n\n", reloads, strings.Join(r.resources, "\n"))
+	direct1, tramp1 := trampolineCost(b, bb, 300)
+	r.add("| start of `/bin/true` | median | ratio |\n|---|---|---|\n| direct exec | %s | 1.00 |\n| through sockshim's trampoline (1 socket handed over) | %s | %.2f |\n\n",
+		direct1, tramp1, float64(tramp1)/float64(direct1))
+
+	start, reload := scale(b, bb, 1000, 64)
+	r.add("## Scale: 1,000 passed sockets, 64 workers per generation\n\n| step | time |\n|---|---|\n| start → READY=1 | %s |\n| reload (rolling, surge 8) | %s |\n\n", start, reload)
+
+	svg := plot(plotRes, plotMarks)
+	if err := os.WriteFile("../results/reload-latency.svg", []byte(svg), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	r.add("## Latency over time\n\nRolling reloads of 4 workers under 16 clients: every request's latency (dots, ms, log scale), failures in red, reload requests as vertical lines.\n\n![latency over time](results/reload-latency.svg)\n")
+	if err := os.WriteFile("../BENCHMARKS.md", []byte(r.String()), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("wrote BENCHMARKS.md:\n%s", r.String())
+}
+
+type report struct {
+	sb        strings.Builder
+	resources []string
+}
+
+func (r *report) add(format string, args ...any) { fmt.Fprintf(&r.sb, format, args...) }
+func (r *report) String() string                 { return r.sb.String() }
+
+func (r *report) machine() {
+	cmd := func(name string, args ...string) string {
+		out, _ := exec.Command(name, args...).Output()
+		return strings.TrimSpace(strings.Split(string(out), "\n")[0])
+	}
+	model := ""
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "model name"); ok {
+				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	r.add("# sockshim benchmarks\n\nWritten by `go test ./e2e -run '^$' -bench Report -benchtime 1x` on %s.\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
+	r.add("| machine | |\n|---|---|\n| CPU | %s, %d cores |\n| kernel | %s |\n| Go | %s |\n| systemd | %s |\n| load client | testenv/load, in the benchmark process |\n\n",
+		model, runtime.NumCPU(), cmd("uname", "-r"), runtime.Version(), cmd("systemctl", "--version"))
+}
+
+// installAppB is installApp for benchmarks (testing.B).
+func installAppB(b *testing.B, m *testenv.Manager, bb bins, name, body string) *app {
+	a := installApp(b, m, bb, name, body)
+	get(b, a.url)
+	m.WaitActive(b, name+".service", 10*time.Second)
+	return a
+}
+
+// plainUnit installs the testworker socket-activated without sockshim.
+func plainUnit(tb testing.TB, m *testenv.Manager, bb bins, name, drain string) string {
+	port := testenv.FreePort(tb)
+	m.WriteUnit(tb, name+".socket", fmt.Sprintf("[Socket]\nListenStream=127.0.0.1:%d\nBacklog=4096\n", port))
+	m.WriteUnit(tb, name+".service", fmt.Sprintf("[Unit]\nRequires=%s.socket\nStartLimitIntervalSec=0\n[Service]\nType=notify\nExecStart=%s -version plain -drain %s\nTimeoutStopSec=30\n", name, bb.testworker, drain))
+	m.MustSystemctl(tb, "start", name+".socket")
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	get(tb, url)
+	m.WaitActive(tb, name+".service", 10*time.Second)
+	return url
+}
+
+func runLoad(tb testing.TB, url string, conc int, d time.Duration, keepAlive bool) *load.Result {
+	res, err := load.Run(context.Background(), load.Options{URL: url, Concurrency: conc, Duration: d, KeepAlive: keepAlive})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return res
+}
+
+func rateP99(rs []*load.Result) (float64, time.Duration) {
+	var n int
+	var el time.Duration
+	var p99s []time.Duration
+	for _, r := range rs {
+		n += r.Requests
+		el += r.Elapsed
+		p99s = append(p99s, r.P99)
+	}
+	slices.Sort(p99s)
+	return float64(n) / el.Seconds(), p99s[len(p99s)/2].Round(10 * time.Microsecond)
+}
+
+func pct(ds []time.Duration, p int) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[min(len(s)-1, len(s)*p/100)].Round(time.Millisecond)
+}
+
+// reloadSeries does n reloads under load and returns the load result, the
+// time of each reload until the new generation served (systemctl reload
+// returning) and until the old one was gone, and the reload moments.
+func reloadSeries(tb testing.TB, m *testenv.Manager, a *app, unit string, n int) (*load.Result, []time.Duration, []time.Duration, []time.Duration) {
+	ctx, stop := context.WithCancel(context.Background())
+	var res *load.Result
+	done := make(chan struct{})
+	began := time.Now()
+	go func() {
+		defer close(done)
+		res, _ = load.Run(ctx, load.Options{URL: a.url, Concurrency: 16, Duration: time.Hour, RecordSamples: true})
+	}()
+	time.Sleep(500 * time.Millisecond)
+	var serving, gone, marks []time.Duration
+	for range n {
+		start := time.Now()
+		marks = append(marks, start.Sub(began))
+		m.MustSystemctl(tb, "reload", unit+".service")
+		serving = append(serving, time.Since(start))
+		for len(workerPIDs(status(tb, a.ctl), "draining")) > 0 {
+			time.Sleep(2 * time.Millisecond)
+		}
+		gone = append(gone, time.Since(start))
+	}
+	time.Sleep(500 * time.Millisecond)
+	stop()
+	<-done
+	return res, serving, gone, marks
+}
+
+func restartSeries(tb testing.TB, m *testenv.Manager, url, unit string, n int) (*load.Result, []time.Duration) {
+	ctx, stop := context.WithCancel(context.Background())
+	var res *load.Result
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		res, _ = load.Run(ctx, load.Options{URL: url, Concurrency: 16, Duration: time.Hour})
+	}()
+	time.Sleep(500 * time.Millisecond)
+	var lat []time.Duration
+	for range n {
+		start := time.Now()
+		m.MustSystemctl(tb, "restart", unit+".service")
+		lat = append(lat, time.Since(start))
+	}
+	time.Sleep(500 * time.Millisecond)
+	stop()
+	<-done
+	return res, lat
+}
+
+// cpuTime is a process's user+system CPU time from /proc/PID/stat.
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	ut, _ := strconv.Atoi(f[11])
+	st, _ := strconv.Atoi(f[12])
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
+}
+
+func rssKiB(pid int) int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			n, _ := strconv.Atoi(strings.Fields(v)[0])
+			return n
+		}
+	}
+	return 0
+}
+
+// trampolineCost times starting /bin/true directly and through the
+// trampoline with one socket handed over, n times each, interleaved.
+func trampolineCost(tb testing.TB, bb bins, n int) (time.Duration, time.Duration) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	f, _ := ln.(*net.TCPListener).File()
+	defer f.Close()
+	var direct, tramp []time.Duration
+	for range n {
+		start := time.Now()
+		if err := exec.Command("/bin/true").Run(); err != nil {
+			tb.Fatal(err)
+		}
+		direct = append(direct, time.Since(start))
+
+		start = time.Now()
+		parent, child, err := handoff.Pair()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		cmd := exec.Command(bb.sockshim, handoff.TrampolineArg, "--", "/bin/true")
+		cmd.ExtraFiles = []*os.File{child}
+		if err := cmd.Start(); err != nil {
+			tb.Fatal(err)
+		}
+		child.Close()
+		if err := handoff.Send(parent, []handoff.Socket{{Name: "http", File: f}}); err != nil {
+			tb.Fatal(err)
+		}
+		parent.Close()
+		if err := cmd.Wait(); err != nil {
+			tb.Fatal(err)
+		}
+		tramp = append(tramp, time.Since(start))
+	}
+	return pct(direct, 50), pct(tramp, 50)
+}
+
+// scale starts a standalone sockshim with sockets [[listen]] entries and
+// workers testworkers, and times the start and one reload.
+func scale(tb testing.TB, bb bins, sockets, workers int) (time.Duration, time.Duration) {
+	dir, err := os.MkdirTemp("", "sockshim-scale-")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	var sb strings.Builder
+	for i := range sockets {
+		fmt.Fprintf(&sb, "[[listen]]\nname = \"s%d\"\naddress = \"tcp://127.0.0.1:0\"\n", i)
+	}
+	ctl := filepath.Join(dir, "control.sock")
+	fmt.Fprintf(&sb, "[[worker]]\nname = \"tw\"\ncommand = %s\ncount = %d\nsurge = 8\nready_timeout = \"60s\"\n[control]\nsocket = %q\n",
+		tomlList(bb.testworker), workers, ctl)
+	cfg := filepath.Join(dir, "scale.toml")
+	os.WriteFile(cfg, []byte(sb.String()), 0o644)
+
+	notifyPath := filepath.Join(dir, "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer conn.Close()
+	cmd := exec.Command(bb.sockshim, "run", "-c", cfg)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}()
+	buf := make([]byte, 8192)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Minute))
+	for {
+		n, err := conn.Read(buf)
+		if err != nil {
+			tb.Fatalf("no READY=1 from the scale run: %v", err)
+		}
+		if strings.Contains(string(buf[:n]), "READY=1") {
+			break
+		}
+	}
+	started := time.Since(start)
+	start = time.Now()
+	if out, err := exec.Command(bb.sockshim, "reload", "-c", cfg).CombinedOutput(); err != nil {
+		tb.Fatalf("scale reload: %v\n%s", err, out)
+	}
+	return started.Round(time.Millisecond), time.Since(start).Round(time.Millisecond)
+}
+
+// plot draws every request's latency over time as an SVG scatter plot with
+// a log-scale y axis and the reload moments as vertical lines.
+func plot(res *load.Result, marks []time.Duration) string {
+	const w, h, left, bottom = 1000.0, 360.0, 60.0, 40.0
+	var end time.Duration
+	for _, s := range res.Samples {
+		end = max(end, s.Start+s.Latency)
+	}
+	if end == 0 {
+		end = time.Second
+	}
+	x := func(d time.Duration) float64 { return left + (w-left-10)*float64(d)/float64(end) }
+	// log scale from 0.1 ms to 1 s
+	y := func(d time.Duration) float64 {
+		ms := max(float64(d)/1e6, 0.1)
+		frac := (math.Log(ms) - math.Log(0.1)) / (math.Log(1000) - math.Log(0.1))
+		return (h - bottom) - (h-bottom-10)*min(frac, 1)
+	}
+	var sb strings.Builder
+	fmt.Fprintf(&sb, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" font-family="sans-serif" font-size="11">`+"\n", w, h)
+	fmt.Fprintf(&sb, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
+	for _, ms := range []float64{0.1, 1, 10, 100, 1000} {
+		yy := y(time.Duration(ms * 1e6))
+		fmt.Fprintf(&sb, `<line x1="%.0f" x2="%.0f" y1="%.1f" y2="%.1f" stroke="#ddd"/><text x="5" y="%.1f">%g ms</text>`+"\n", left, w-10, yy, yy, yy+4, ms)
+	}
+	for _, mk := range marks {
+		fmt.Fprintf(&sb, `<line x1="%.1f" x2="%.1f" y1="10" y2="%.0f" stroke="#f90" stroke-width="0.7"/>`+"\n", x(mk), x(mk), h-bottom)
+	}
+	// Thin the dots to at most ~20k for a file of reasonable size.
+	step := max(1, len(res.Samples)/20000)
+	for i := 0; i < len(res.Samples); i += step {
+		s := res.Samples[i]
+		color := "#2a6"
+		if !s.OK {
+			color = "#d00"
+		}
+		fmt.Fprintf(&sb, `<circle cx="%.1f" cy="%.1f" r="1" fill="%s" fill-opacity="0.5"/>`+"\n", x(s.Start), y(s.Latency), color)
+	}
+	for sec := 0; time.Duration(sec)*time.Second <= end; sec += max(1, int(end/time.Second)/10) {
+		xx := x(time.Duration(sec) * time.Second)
+		fmt.Fprintf(&sb, `<text x="%.1f" y="%.0f">%ds</text>`+"\n", xx-5, h-bottom+15, sec)
+	}
+	fmt.Fprintf(&sb, `<text x="%.0f" y="%.0f">time since start of load (orange: reload requested)</text>`+"\n", left, h-8)
+	sb.WriteString("</svg>\n")
+	return sb.String()
+}
