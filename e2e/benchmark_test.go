@@ -37,10 +37,13 @@ func BenchmarkReport(b *testing.B) {
 	}
 	m := testenv.StartUserManager(b)
 	var r report
+	began := time.Now()
+	step := func(what string) { fmt.Fprintf(os.Stderr, "bench %6.1fs: %s\n", time.Since(began).Seconds(), what) }
 	r.machine()
 
 	// Steady state: the same worker, directly socket-activated vs under
 	// sockshim; interleaved rounds so drift hits both alike.
+	step("steady state")
 	direct := plainUnit(b, m, bb, "bench-direct", "tracked")
 	shimmed := installAppB(b, m, bb, "bench-shim", workerConfig(bb, "v1", "rolling", 1, 1))
 	var dRes, sRes []*load.Result
@@ -61,6 +64,7 @@ func BenchmarkReport(b *testing.B) {
 	var plotRes *load.Result
 	var plotMarks []time.Duration
 	for _, c := range []struct{ strategy string }{{"rolling"}, {"parallel"}} {
+		step(c.strategy + " reloads")
 		a := installAppB(b, m, bb, "bench-"+c.strategy, workerConfig(bb, "v1", c.strategy, 1, 4))
 		pid := status(b, a.ctl).PID
 		cpu0 := cpuTime(pid)
@@ -74,6 +78,7 @@ func BenchmarkReport(b *testing.B) {
 		}
 	}
 	for _, drain := range []string{"tracked", "shutdown"} {
+		step("restarts without sockshim, drain=" + drain)
 		url := plainUnit(b, m, bb, "bench-plain-"+drain, drain)
 		res, lat := restartSeries(b, m, url, "bench-plain-"+drain, reloads)
 		r.add("| `systemctl restart` without sockshim, worker drain=%s | %d | %d | %s | %s | %s | %s / %s | - |\n", drain, res.Requests, res.Failed(),
@@ -82,10 +87,12 @@ func BenchmarkReport(b *testing.B) {
 	r.add("\ndrain=tracked is examples/gracefulhttp; drain=shutdown is `http.Server.Shutdown` alone (see README).\n\n")
 
 	r.add("## sockshim's own cost\n\n| strategy | RSS after %d reloads | CPU time per reload |\n|---|---|---|\n%s\n\n", reloads, strings.Join(r.resources, "\n"))
+	step("trampoline cost")
 	direct1, tramp1 := trampolineCost(b, bb, 300)
 	r.add("| start of `/bin/true` | median | ratio |\n|---|---|---|\n| direct exec | %s | 1.00 |\n| through sockshim's trampoline (1 socket handed over) | %s | %.2f |\n\n",
 		direct1, tramp1, float64(tramp1)/float64(direct1))
 
+	step("scale")
 	start, reload := scale(b, bb, 1000, 64)
 	r.add("## Scale: 1,000 passed sockets, 64 workers per generation\n\n| step | time |\n|---|---|\n| start → READY=1 | %s |\n| reload (rolling, surge 8) | %s |\n\n", start, reload)
 

@@ -15,7 +15,7 @@ FUZZTIME=${FUZZTIME:-20s}
 need_pkgs=()
 for pair in unshare:util-linux nsenter:util-linux systemctl:systemd systemd-analyze:systemd \
 	systemd-nspawn:systemd-container debootstrap:debootstrap lintian:lintian rpmlint:rpmlint \
-	rpm:rpm man:man-db runuser:util-linux git:git; do
+	rpm:rpm man:man-db runuser:util-linux git:git gunicorn:gunicorn lighttpd:lighttpd; do
 	command -v "${pair%%:*}" >/dev/null || need_pkgs+=("${pair#*:}")
 done
 [ -x /usr/lib/systemd/systemd ] || need_pkgs+=(systemd)

@@ -160,13 +160,13 @@ func (r *runner) client(ctx context.Context, t *tally) {
 			c.Close()
 		}
 	}()
-	for ctx.Err() == nil {
+	for !ended(ctx) {
 		if r.o.MaxRequests > 0 && r.issued.Add(1) > int64(r.o.MaxRequests) {
 			return
 		}
 		begin := time.Now()
 		resp, err := r.do(ctx, &c, t)
-		if ctx.Err() != nil && err != nil {
+		if err != nil && ended(ctx) {
 			return // the run ended mid-request: not the server's failure
 		}
 		lat := time.Since(begin)
@@ -193,6 +193,19 @@ func (r *runner) client(ctx context.Context, t *tally) {
 			t.samples = append(t.samples, Sample{Start: begin.Sub(r.start), Latency: lat, OK: ok})
 		}
 	}
+}
+
+// ended reports whether the run is over. It checks the deadline itself:
+// ctx.Err() turns non-nil only once the context's timer has fired, and a dial
+// or read already past the deadline fails with "i/o timeout" before that; a
+// client that relied on ctx.Err() alone would spin through such failures and
+// count them against the server.
+func ended(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
 }
 
 // success records the gap since the previous success.
@@ -226,7 +239,7 @@ func (r *runner) do(ctx context.Context, c **conn, t *tally) (*response, error) 
 		}
 		(*c).Close()
 		*c = nil
-		if resp.gotBytes || ctx.Err() != nil {
+		if resp.gotBytes || ended(ctx) {
 			return nil, err
 		}
 		t.retries++

@@ -1,0 +1,120 @@
+package load
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// serve runs handler on a loopback listener for the test's lifetime.
+func serve(t *testing.T, handler http.Handler) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: handler}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String() + "/"
+}
+
+func versioned(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Version", "v7")
+	w.Header().Set("X-Generation", "3")
+	fmt.Fprintln(w, "ok")
+}
+
+// TestDeadlineIsNotAFailure: a run bounded by Duration ends without
+// counting the requests its own deadline cut short. (Before ended() checked
+// the deadline itself, 16 clients spun through thousands of instant
+// "i/o timeout" dials between the deadline and ctx.Err() turning non-nil.)
+func TestDeadlineIsNotAFailure(t *testing.T) {
+	url := serve(t, http.HandlerFunc(versioned))
+	for _, keepAlive := range []bool{false, true} {
+		for range 5 {
+			res, err := Run(context.Background(), Options{URL: url, Concurrency: 16, Duration: 300 * time.Millisecond, KeepAlive: keepAlive})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Requests == 0 || res.Failed() != 0 || res.OK != res.Requests {
+				t.Fatalf("keepAlive=%v: %s %v", keepAlive, res, res.Examples)
+			}
+			if res.Versions["v7"] != res.OK || res.Generations["3"] != res.OK {
+				t.Fatalf("versions %v generations %v, want all %d as v7/3", res.Versions, res.Generations, res.OK)
+			}
+		}
+	}
+}
+
+// TestCountsFailuresByKind: answers the client must not take as success.
+func TestCountsFailuresByKind(t *testing.T) {
+	hangUp := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, _, err := w.(http.Hijacker).Hijack()
+		if err == nil {
+			c.Close() // read the request, answer nothing
+		}
+	}))
+	status := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "no", http.StatusServiceUnavailable)
+	}))
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := "http://" + closed.Addr().String() + "/"
+	closed.Close()
+
+	for _, c := range []struct {
+		url, kind string
+	}{{hangUp, "eof"}, {status, "status_503"}, {refused, "refused"}} {
+		res, err := Run(context.Background(), Options{URL: c.url, Concurrency: 2, MaxRequests: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Requests != 10 || res.Failures[c.kind] != 10 || res.OK != 0 {
+			t.Errorf("%s: want 10 requests failing as %q, got %s", c.kind, c.kind, res)
+		}
+	}
+}
+
+// TestIdleRetry: in keep-alive mode, a server closing an idle connection
+// costs a retry on a fresh connection, not a failed request.
+func TestIdleRetry(t *testing.T) {
+	url := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "3")
+		versioned(w, r)
+		// Close the connection after answering, without saying so: the
+		// next request on it fails before any byte of an answer.
+		w.(http.Flusher).Flush()
+		if c, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			time.Sleep(10 * time.Millisecond)
+			c.Close()
+		}
+	}))
+	res, err := Run(context.Background(), Options{URL: url, Concurrency: 1, MaxRequests: 20, KeepAlive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Failed() != 0 || res.OK != 20 {
+		t.Fatalf("want 20 ok, got %s %v", res, res.Examples)
+	}
+	if res.IdleRetries == 0 {
+		t.Fatalf("want idle retries, got %s", res)
+	}
+}
+
+func TestRejectsBadOptions(t *testing.T) {
+	for _, o := range []Options{
+		{URL: "https://127.0.0.1:1/", Duration: time.Second},
+		{URL: "127.0.0.1:1", Duration: time.Second},
+		{URL: "http://127.0.0.1:1/"},
+	} {
+		if _, err := Run(context.Background(), o); err == nil {
+			t.Errorf("Run(%+v): want an error", o)
+		}
+	}
+}
