@@ -21,7 +21,7 @@ type Options struct {
 	Config  *config.Config
 	Sockets []handoff.Socket // kept open, and referenced, for the supervisor's life
 	Logger  *slog.Logger     // default slog.Default()
-	// Upstream reports to the service manager; default notify.NewUpstream().
+	// Upstream reports to the service manager; default notify.NewUpstream.
 	Upstream *notify.Upstream
 	// Executable is the binary started in trampoline mode; default
 	// /proc/self/exe, which still names sockshim's own image after a package
@@ -105,7 +105,7 @@ func New(o Options) (*Supervisor, error) {
 		s.log = slog.Default()
 	}
 	if s.up == nil {
-		s.up = notify.NewUpstream()
+		s.up = notify.NewUpstream(s.log)
 	}
 	if s.exe == "" {
 		s.exe = "/proc/self/exe"
@@ -211,6 +211,9 @@ func (s *Supervisor) Run() error {
 			break
 		}
 		s.publishStatus()
+	}
+	if !s.up.Flush(2 * time.Second) {
+		s.log.Warn("the service manager did not take our last notifications within 2s")
 	}
 	s.log.Info("stopped")
 	return nil
@@ -446,11 +449,8 @@ func (s *Supervisor) liveWorkers() []*worker {
 	return ws
 }
 
-func (s *Supervisor) notifyUp(lines ...string) {
-	if err := s.up.Send(lines...); err != nil {
-		s.log.Warn("notifying the service manager failed", "err", err)
-	}
-}
+// notifyUp queues a message for the service manager; it never blocks.
+func (s *Supervisor) notifyUp(lines ...string) { s.up.Send(lines...) }
 
 // publishStatus sends STATUS= when the one-line summary changed.
 func (s *Supervisor) publishStatus() {
