@@ -71,7 +71,7 @@ func BenchmarkReport(b *testing.B) {
 		res, serving, gone, marks := reloadSeries(b, m, a, "bench-"+c.strategy, reloads)
 		cpu := cpuTime(pid) - cpu0
 		r.add("| sockshim %s, 4 workers | %d | %d | %s | %s | %s | %s / %s | %s / %s |\n", c.strategy, res.Requests, res.Failed(),
-			res.LongestGap.Round(time.Millisecond), steadyP99, res.P99, pct(serving, 50), pct(serving, 99), pct(gone, 50), pct(gone, 99))
+			res.LongestGap.Round(time.Millisecond), steadyP99, res.P99.Round(10*time.Microsecond), pct(serving, 50), pct(serving, 99), pct(gone, 50), pct(gone, 99))
 		r.resources = append(r.resources, fmt.Sprintf("| %s | %d KiB | %s |", c.strategy, rssKiB(pid), (cpu/time.Duration(reloads)).Round(10*time.Microsecond)))
 		if plotRes == nil {
 			plotRes, plotMarks = res, marks
@@ -82,7 +82,7 @@ func BenchmarkReport(b *testing.B) {
 		url := plainUnit(b, m, bb, "bench-plain-"+drain, drain)
 		res, lat := restartSeries(b, m, url, "bench-plain-"+drain, reloads)
 		r.add("| `systemctl restart` without sockshim, worker drain=%s | %d | %d | %s | %s | %s | %s / %s | - |\n", drain, res.Requests, res.Failed(),
-			res.LongestGap.Round(time.Millisecond), steadyP99, res.P99, pct(lat, 50), pct(lat, 99))
+			res.LongestGap.Round(time.Millisecond), steadyP99, res.P99.Round(10*time.Microsecond), pct(lat, 50), pct(lat, 99))
 	}
 	r.add("\ndrain=tracked is examples/gracefulhttp; drain=shutdown is `http.Server.Shutdown` alone (see README).\n\n")
 
@@ -100,7 +100,7 @@ func BenchmarkReport(b *testing.B) {
 	if err := os.WriteFile("../results/reload-latency.svg", []byte(svg), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	r.add("## Latency over time\n\nRolling reloads of 4 workers under 16 clients: every request's latency (dots, ms, log scale), failures in red, reload requests as vertical lines.\n\n![latency over time](results/reload-latency.svg)\n")
+	r.add("## Latency over time\n\nThe rolling reloads above (4 workers, 16 clients): median and slowest answer per 100 ms, log scale; reload requests in orange; failed requests would show as red marks along the top.\n\n![latency over time](results/reload-latency.svg)\n")
 	if err := os.WriteFile("../BENCHMARKS.md", []byte(r.String()), 0o644); err != nil {
 		b.Fatal(err)
 	}
@@ -188,50 +188,32 @@ func pct(ds []time.Duration, p int) time.Duration {
 // time of each reload until the new generation served (systemctl reload
 // returning) and until the old one was gone, and the reload moments.
 func reloadSeries(tb testing.TB, m *testenv.Manager, a *app, unit string, n int) (*load.Result, []time.Duration, []time.Duration, []time.Duration) {
-	ctx, stop := context.WithCancel(context.Background())
-	var res *load.Result
-	done := make(chan struct{})
-	began := time.Now()
-	go func() {
-		defer close(done)
-		res, _ = load.Run(ctx, load.Options{URL: a.url, Concurrency: 16, Duration: time.Hour, RecordSamples: true})
-	}()
-	time.Sleep(500 * time.Millisecond)
 	var serving, gone, marks []time.Duration
-	for range n {
-		start := time.Now()
-		marks = append(marks, start.Sub(began))
-		m.MustSystemctl(tb, "reload", unit+".service")
-		serving = append(serving, time.Since(start))
-		for len(workerPIDs(status(tb, a.ctl), "draining")) > 0 {
-			time.Sleep(2 * time.Millisecond)
+	began := time.Now()
+	res := underLoad(tb, load.Options{URL: a.url, Concurrency: 16, RecordSamples: true}, func() {
+		for range n {
+			start := time.Now()
+			marks = append(marks, start.Sub(began))
+			m.MustSystemctl(tb, "reload", unit+".service")
+			serving = append(serving, time.Since(start))
+			for len(workerPIDs(status(tb, a.ctl), "draining")) > 0 {
+				time.Sleep(2 * time.Millisecond)
+			}
+			gone = append(gone, time.Since(start))
 		}
-		gone = append(gone, time.Since(start))
-	}
-	time.Sleep(500 * time.Millisecond)
-	stop()
-	<-done
+	})
 	return res, serving, gone, marks
 }
 
 func restartSeries(tb testing.TB, m *testenv.Manager, url, unit string, n int) (*load.Result, []time.Duration) {
-	ctx, stop := context.WithCancel(context.Background())
-	var res *load.Result
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		res, _ = load.Run(ctx, load.Options{URL: url, Concurrency: 16, Duration: time.Hour})
-	}()
-	time.Sleep(500 * time.Millisecond)
 	var lat []time.Duration
-	for range n {
-		start := time.Now()
-		m.MustSystemctl(tb, "restart", unit+".service")
-		lat = append(lat, time.Since(start))
-	}
-	time.Sleep(500 * time.Millisecond)
-	stop()
-	<-done
+	res := underLoad(tb, load.Options{URL: url, Concurrency: 16}, func() {
+		for range n {
+			start := time.Now()
+			m.MustSystemctl(tb, "restart", unit+".service")
+			lat = append(lat, time.Since(start))
+		}
+	})
 	return res, lat
 }
 
@@ -296,7 +278,9 @@ func trampolineCost(tb testing.TB, bb bins, n int) (time.Duration, time.Duration
 		}
 		tramp = append(tramp, time.Since(start))
 	}
-	return pct(direct, 50), pct(tramp, 50)
+	slices.Sort(direct)
+	slices.Sort(tramp)
+	return direct[n/2].Round(10 * time.Microsecond), tramp[n/2].Round(10 * time.Microsecond)
 }
 
 // scale starts a standalone sockshim with sockets [[listen]] entries and
@@ -352,17 +336,17 @@ func scale(tb testing.TB, bb bins, sockets, workers int) (time.Duration, time.Du
 	return started.Round(time.Millisecond), time.Since(start).Round(time.Millisecond)
 }
 
-// plot draws every request's latency over time as an SVG scatter plot with
-// a log-scale y axis and the reload moments as vertical lines.
+// plot draws request latency over time as an SVG: per 100 ms of the run,
+// the median and the slowest answer (log scale), failures as red marks at
+// the top, and the reload requests as vertical lines.
 func plot(res *load.Result, marks []time.Duration) string {
 	const w, h, left, bottom = 1000.0, 360.0, 60.0, 40.0
+	const bucket = 100 * time.Millisecond
 	var end time.Duration
 	for _, s := range res.Samples {
 		end = max(end, s.Start+s.Latency)
 	}
-	if end == 0 {
-		end = time.Second
-	}
+	end = max(end, time.Second)
 	x := func(d time.Duration) float64 { return left + (w-left-10)*float64(d)/float64(end) }
 	// log scale from 0.1 ms to 1 s
 	y := func(d time.Duration) float64 {
@@ -370,9 +354,30 @@ func plot(res *load.Result, marks []time.Duration) string {
 		frac := (math.Log(ms) - math.Log(0.1)) / (math.Log(1000) - math.Log(0.1))
 		return (h - bottom) - (h-bottom-10)*min(frac, 1)
 	}
+	lat := make([][]time.Duration, end/bucket+1)
+	fails := make([]int, len(lat))
+	for _, s := range res.Samples {
+		i := s.Start / bucket
+		if s.OK {
+			lat[i] = append(lat[i], s.Latency)
+		} else {
+			fails[i]++
+		}
+	}
+	line := func(p int) string {
+		var pts []string
+		for i, l := range lat {
+			if len(l) > 0 {
+				slices.Sort(l)
+				pts = append(pts, fmt.Sprintf("%.1f,%.1f", x(time.Duration(i)*bucket+bucket/2), y(l[min(len(l)-1, len(l)*p/100)])))
+			}
+		}
+		return strings.Join(pts, " ")
+	}
+
 	var sb strings.Builder
 	fmt.Fprintf(&sb, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" font-family="sans-serif" font-size="11">`+"\n", w, h)
-	fmt.Fprintf(&sb, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
+	sb.WriteString(`<rect width="100%" height="100%" fill="white"/>` + "\n")
 	for _, ms := range []float64{0.1, 1, 10, 100, 1000} {
 		yy := y(time.Duration(ms * 1e6))
 		fmt.Fprintf(&sb, `<line x1="%.0f" x2="%.0f" y1="%.1f" y2="%.1f" stroke="#ddd"/><text x="5" y="%.1f">%g ms</text>`+"\n", left, w-10, yy, yy, yy+4, ms)
@@ -380,21 +385,19 @@ func plot(res *load.Result, marks []time.Duration) string {
 	for _, mk := range marks {
 		fmt.Fprintf(&sb, `<line x1="%.1f" x2="%.1f" y1="10" y2="%.0f" stroke="#f90" stroke-width="0.7"/>`+"\n", x(mk), x(mk), h-bottom)
 	}
-	// Thin the dots to at most ~20k for a file of reasonable size.
-	step := max(1, len(res.Samples)/20000)
-	for i := 0; i < len(res.Samples); i += step {
-		s := res.Samples[i]
-		color := "#2a6"
-		if !s.OK {
-			color = "#d00"
+	fmt.Fprintf(&sb, `<polyline fill="none" stroke="#c33" stroke-width="1" points="%s"/>`+"\n", line(100))
+	fmt.Fprintf(&sb, `<polyline fill="none" stroke="#27a" stroke-width="1.5" points="%s"/>`+"\n", line(50))
+	for i, n := range fails {
+		if n > 0 {
+			fmt.Fprintf(&sb, `<rect x="%.1f" y="4" width="3" height="6" fill="#d00"><title>%d failed</title></rect>`+"\n", x(time.Duration(i)*bucket), n)
 		}
-		fmt.Fprintf(&sb, `<circle cx="%.1f" cy="%.1f" r="1" fill="%s" fill-opacity="0.5"/>`+"\n", x(s.Start), y(s.Latency), color)
 	}
-	for sec := 0; time.Duration(sec)*time.Second <= end; sec += max(1, int(end/time.Second)/10) {
+	step := max(1, int(end/time.Second)/10)
+	for sec := 0; time.Duration(sec)*time.Second <= end; sec += step {
 		xx := x(time.Duration(sec) * time.Second)
 		fmt.Fprintf(&sb, `<text x="%.1f" y="%.0f">%ds</text>`+"\n", xx-5, h-bottom+15, sec)
 	}
-	fmt.Fprintf(&sb, `<text x="%.0f" y="%.0f">time since start of load (orange: reload requested)</text>`+"\n", left, h-8)
+	fmt.Fprintf(&sb, `<text x="%.0f" y="%.0f">time since the load began; blue: median, red: slowest answer per 100 ms; orange: reload requested; red marks on top: failed requests</text>`+"\n", left, h-8)
 	sb.WriteString("</svg>\n")
 	return sb.String()
 }

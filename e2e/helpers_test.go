@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"bufio"
 	"encoding/json"
 	"io"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/sockshim/sockshim/shim/control"
 	"github.com/sockshim/sockshim/testenv"
+	"github.com/sockshim/sockshim/testenv/load"
 )
 
 // bins are the binaries every test uses, built once per test process.
@@ -254,4 +256,41 @@ func (s *supervisor) wait(t *testing.T, timeout time.Duration) error {
 		t.Fatalf("sockshim did not exit within %s", timeout)
 		return nil
 	}
+}
+
+// underLoad runs act while the load client drives o against the server, and
+// returns what the load saw. The load starts 300 ms before act and runs
+// 300 ms after it, so the moments around each step are covered. Failures are
+// the caller's to judge: a comparison run reports them, a sockshim run
+// asserts there are none.
+func underLoad(tb testing.TB, o load.Options, act func()) *load.Result {
+	tb.Helper()
+	if o.Duration == 0 && o.MaxRequests == 0 {
+		o.Duration = time.Hour // ended by act returning
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	var res *load.Result
+	var err error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		res, err = load.Run(ctx, o)
+	}()
+	// Stop the load even when act ends the test with t.Fatal.
+	defer func() {
+		stop()
+		<-done
+	}()
+	time.Sleep(300 * time.Millisecond)
+	act()
+	time.Sleep(300 * time.Millisecond)
+	stop()
+	<-done
+	if err != nil {
+		tb.Fatalf("load client: %v", err)
+	}
+	if res.Requests == 0 {
+		tb.Fatalf("the load client sent nothing to %s", o.URL)
+	}
+	return res
 }

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,7 +9,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/sockshim/sockshim/testenv"
 	"github.com/sockshim/sockshim/testenv/load"
@@ -231,18 +229,7 @@ func TestPackageInstall(t *testing.T) {
 	}
 
 	loadRun := func(what string, f func()) *load.Result {
-		ctx, stop := context.WithCancel(context.Background())
-		var res *load.Result
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			res, _ = load.Run(ctx, load.Options{URL: url, Concurrency: 16, Duration: 20 * time.Minute})
-		}()
-		time.Sleep(300 * time.Millisecond)
-		f()
-		time.Sleep(300 * time.Millisecond)
-		stop()
-		<-done
+		res := underLoad(t, load.Options{URL: url, Concurrency: 16}, f)
 		t.Logf("%s: %s", what, res)
 		if res.Failed() != 0 {
 			t.Errorf("%s: %d failed requests: %v %v", what, res.Failed(), res.Failures, res.Examples)

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"maps"
 	"os"
@@ -108,38 +107,22 @@ func TestReloadUnderLoad(t *testing.T) {
 			get(t, a.url)
 			m.WaitActive(t, unit+".service", 10*time.Second)
 
-			ctx, stop := context.WithCancel(context.Background())
-			var res *load.Result
-			var loadErr error
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				res, loadErr = load.Run(ctx, load.Options{URL: a.url, Concurrency: 16, Duration: 20 * time.Minute, KeepAlive: c.keepAlive})
-			}()
-			time.Sleep(300 * time.Millisecond)
-
 			var lat []time.Duration
-			for n := 1; n <= reloadsUnderLoad; n++ {
-				version := fmt.Sprintf("v%d", n+1)
-				a.rewrite(t, workerConfig(b, version, c.strategy, c.surge, count))
-				start := time.Now()
-				if out, err := m.Systemctl("reload", unit+".service"); err != nil {
-					stop()
-					<-done
-					t.Fatalf("reload %d: %v\n%s", n, err, out)
+			res := underLoad(t, load.Options{URL: a.url, Concurrency: 16, KeepAlive: c.keepAlive}, func() {
+				for n := 1; n <= reloadsUnderLoad; n++ {
+					version := fmt.Sprintf("v%d", n+1)
+					a.rewrite(t, workerConfig(b, version, c.strategy, c.surge, count))
+					start := time.Now()
+					if out, err := m.Systemctl("reload", unit+".service"); err != nil {
+						t.Fatalf("reload %d: %v\n%s", n, err, out)
+					}
+					lat = append(lat, time.Since(start))
+					checkGeneration(t, a, n+1, count)
+					if got := get(t, a.url); got.version != version {
+						t.Fatalf("reload %d: answer from version %q, want %q", n, got.version, version)
+					}
 				}
-				lat = append(lat, time.Since(start))
-				checkGeneration(t, a, n+1, count)
-				if got := get(t, a.url); got.version != version {
-					t.Fatalf("reload %d: answer from version %q, want %q", n, got.version, version)
-				}
-			}
-			time.Sleep(300 * time.Millisecond)
-			stop()
-			<-done
-			if loadErr != nil {
-				t.Fatal(loadErr)
-			}
+			})
 			slices.Sort(lat)
 			line := resultRow("sockshim reload, "+name, lat, res)
 			report = append(report, line)
@@ -178,32 +161,10 @@ func resultRow(name string, lat []time.Duration, res *load.Result) string {
 // drain picks the testworker's drain: "tracked" (lossless) or "shutdown"
 // (http.Server.Shutdown alone, what most Go servers do).
 func restartWithoutSockshim(t *testing.T, m *testenv.Manager, b bins, drain string) string {
-	port := testenv.FreePort(t)
-	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
 	unit := "plain-" + drain
-	m.WriteUnit(t, unit+".socket", fmt.Sprintf("[Socket]\nListenStream=127.0.0.1:%d\nBacklog=4096\n", port))
-	m.WriteUnit(t, unit+".service", fmt.Sprintf("[Unit]\nRequires=%s.socket\nStartLimitIntervalSec=0\n[Service]\nType=notify\nExecStart=%s -version plain -drain %s\nTimeoutStopSec=30\n", unit, b.testworker, drain))
-	m.MustSystemctl(t, "start", unit+".socket")
-	get(t, url)
-	m.WaitActive(t, unit+".service", 10*time.Second)
-	ctx, stop := context.WithCancel(context.Background())
-	var res *load.Result
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		res, _ = load.Run(ctx, load.Options{URL: url, Concurrency: 16, Duration: 20 * time.Minute})
-	}()
-	time.Sleep(300 * time.Millisecond)
-	var lat []time.Duration
-	for range reloadsUnderLoad {
-		start := time.Now()
-		m.MustSystemctl(t, "restart", unit+".service")
-		lat = append(lat, time.Since(start))
-	}
-	time.Sleep(300 * time.Millisecond)
-	stop()
-	<-done
-	if res.Requests == 0 || res.OK == 0 {
+	url := plainUnit(t, m, b, unit, drain)
+	res, lat := restartSeries(t, m, url, unit, reloadsUnderLoad)
+	if res.OK == 0 {
 		t.Fatalf("the comparison run served nothing: %s", res)
 	}
 	t.Logf("systemctl restart without sockshim: %s %v", res, res.Examples)
@@ -267,35 +228,26 @@ func TestFailedCanary(t *testing.T) {
 	get(t, a.url)
 	m.WaitActive(t, "canary.service", 10*time.Second)
 
-	ctx, stop := context.WithCancel(context.Background())
-	var res *load.Result
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		res, _ = load.Run(ctx, load.Options{URL: a.url, Concurrency: 8, Duration: 5 * time.Minute})
-	}()
-	time.Sleep(200 * time.Millisecond)
-
-	a.rewrite(t, workerConfig(b, "v2", "rolling", 1, 2, "-exit-before-ready"))
-	if out, err := m.Systemctl("reload", "canary.service"); err == nil {
-		t.Errorf("systemctl reload succeeded with a crashing canary:\n%s", out)
-	}
-	// The same through sockshim reload, to see the reason it gives.
-	out, err := exec.Command(b.sockshim, "reload", "-c", a.cfgPath).CombinedOutput()
-	if err == nil {
-		t.Errorf("sockshim reload exited 0 with a crashing canary")
-	}
-	for _, want := range []string{"tw[0]", "exit status 3", "before it was ready", "rolled back", "generation 1 keeps serving"} {
-		if !strings.Contains(string(out), want) {
-			t.Errorf("reload failure message lacks %q:\n%s", want, out)
+	res := underLoad(t, load.Options{URL: a.url, Concurrency: 8}, func() {
+		a.rewrite(t, workerConfig(b, "v2", "rolling", 1, 2, "-exit-before-ready"))
+		if out, err := m.Systemctl("reload", "canary.service"); err == nil {
+			t.Errorf("systemctl reload succeeded with a crashing canary:\n%s", out)
 		}
-	}
-	checkGeneration(t, a, 1, 2)
-	if got := get(t, a.url); got.version != "v1" {
-		t.Errorf("after failed reload the answer is %q, want v1", got.version)
-	}
-	stop()
-	<-done
+		// The same through sockshim reload, to see the reason it gives.
+		out, err := exec.Command(b.sockshim, "reload", "-c", a.cfgPath).CombinedOutput()
+		if err == nil {
+			t.Errorf("sockshim reload exited 0 with a crashing canary")
+		}
+		for _, want := range []string{"tw[0]", "exit status 3", "before it was ready", "rolled back", "generation 1 keeps serving"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("reload failure message lacks %q:\n%s", want, out)
+			}
+		}
+		checkGeneration(t, a, 1, 2)
+		if got := get(t, a.url); got.version != "v1" {
+			t.Errorf("after failed reload the answer is %q, want v1", got.version)
+		}
+	})
 	if res.Failed() != 0 {
 		t.Errorf("%d failed requests while the canary failed: %v", res.Failed(), res.Failures)
 	}

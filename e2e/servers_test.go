@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -39,34 +38,23 @@ func needProgram(t *testing.T, path, pkg string) {
 // after it, check(i) may look at the answers. It asserts zero failures.
 func reloadUnderLoad(t *testing.T, m *testenv.Manager, a *app, unit string, n int, keepAlive bool, prepare, check func(i int)) *load.Result {
 	t.Helper()
-	ctx, stop := context.WithCancel(context.Background())
-	var res *load.Result
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		res, _ = load.Run(ctx, load.Options{URL: a.url, Concurrency: 8, Duration: 20 * time.Minute, KeepAlive: keepAlive})
-	}()
-	time.Sleep(300 * time.Millisecond)
-	base := status(t, a.ctl).Generation
-	for i := 1; i <= n; i++ {
-		if prepare != nil {
-			prepare(i)
+	res := underLoad(t, load.Options{URL: a.url, Concurrency: 8, KeepAlive: keepAlive}, func() {
+		base := status(t, a.ctl).Generation
+		for i := 1; i <= n; i++ {
+			if prepare != nil {
+				prepare(i)
+			}
+			if out, err := m.Systemctl("reload", unit+".service"); err != nil {
+				t.Fatalf("reload %d: %v\n%s", i, err, out)
+			}
+			if st := status(t, a.ctl); st.Generation != base+i {
+				t.Fatalf("reload %d: generation %d, want %d", i, st.Generation, base+i)
+			}
+			if check != nil {
+				check(i)
+			}
 		}
-		if out, err := m.Systemctl("reload", unit+".service"); err != nil {
-			stop()
-			<-done
-			t.Fatalf("reload %d: %v\n%s", i, err, out)
-		}
-		if st := status(t, a.ctl); st.Generation != base+i {
-			t.Fatalf("reload %d: generation %d, want %d", i, st.Generation, base+i)
-		}
-		if check != nil {
-			check(i)
-		}
-	}
-	time.Sleep(300 * time.Millisecond)
-	stop()
-	<-done
+	})
 	t.Logf("%d reloads: %s", n, res)
 	if res.Failed() != 0 {
 		t.Errorf("%d failed requests during %d reloads: %v %v", res.Failed(), n, res.Failures, res.Examples)
@@ -103,8 +91,34 @@ func TestGunicorn(t *testing.T) {
 			want := fmt.Sprintf("v%d", i+1)
 			waitFor(t, 30*time.Second, "gunicorn to serve "+want, func() bool { return get(t, a.url).version == want })
 		})
-	if final := fmt.Sprintf("v%d", serverReloads+1); res.Versions[final] == 0 {
+	final := fmt.Sprintf("v%d", serverReloads+1)
+	if res.Versions[final] == 0 {
 		t.Errorf("the load never saw %s: %v", final, res.Versions)
+	}
+
+	// A broken deploy: with --preload the import error stops the new
+	// master before READY=1, so the reload fails and the running
+	// generation keeps serving, without a failed request.
+	good, err := os.ReadFile(filepath.Join(appDir, "app.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(appDir, "app.py"), append([]byte("import no_such_module\n"), good...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	gen := status(t, a.ctl).Generation
+	res = underLoad(t, load.Options{URL: a.url, Concurrency: 8}, func() {
+		if out, err := m.Systemctl("reload", "gunicorn.service"); err == nil {
+			t.Errorf("reload of an app that does not import succeeded:\n%s", out)
+		}
+	})
+	t.Logf("broken deploy: %s", res)
+	if res.Failed() != 0 || res.Versions[final] != res.OK {
+		t.Errorf("during the broken deploy: %s, versions %v; want every answer from %s", res, res.Versions, final)
+	}
+	checkGeneration(t, a, gen, 1)
+	if !strings.Contains(m.Log(), "no_such_module") {
+		t.Errorf("gunicorn's import error is not in the unit's output")
 	}
 }
 

@@ -183,13 +183,12 @@ func children(pid int) []int {
 // Exec runs a command inside the container (all its namespaces) and returns
 // the combined output; a non-zero exit is an error carrying the output.
 func (c *Container) Exec(args ...string) (string, error) {
-	full := append([]string{"-t", strconv.Itoa(c.InitPID), "-a", "--", "env", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-		"DEBIAN_FRONTEND=noninteractive", "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0"}, args...)
-	out, err := exec.Command("nsenter", full...).CombinedOutput()
+	out, err := nsenter(c.InitPID, "-a", []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+		"DEBIAN_FRONTEND=noninteractive", "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0"}, args)
 	if err != nil {
-		return string(out), fmt.Errorf("in container: %s: %w\n%s", strings.Join(args, " "), err, out)
+		return out, fmt.Errorf("in container: %w", err)
 	}
-	return string(out), nil
+	return out, nil
 }
 
 // MustExec is Exec that fails the test on error.

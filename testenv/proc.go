@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -181,4 +182,16 @@ func ReadEnvReport(t testing.TB, dir string, pid int) map[string]string {
 		t.Fatal(err)
 	}
 	return r.Env
+}
+
+// nsenter runs args in the namespaces of pid (ns: nsenter's flag, "-m" for
+// the mount namespace, "-a" for all) with env added, and returns the
+// combined output; a non-zero exit is an error carrying the command and it.
+func nsenter(pid int, ns string, env, args []string) (string, error) {
+	full := append([]string{"-t", strconv.Itoa(pid), ns, "--", "env"}, env...)
+	out, err := exec.Command("nsenter", append(full, args...)...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
 }

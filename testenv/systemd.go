@@ -136,13 +136,8 @@ func (m *Manager) Log() string {
 // Systemctl runs `systemctl --user ARGS` inside the manager's namespace and
 // returns its combined output; a non-zero exit is an error carrying it.
 func (m *Manager) Systemctl(args ...string) (string, error) {
-	full := append([]string{"-t", strconv.Itoa(m.PID), "-m", "--", "env", "XDG_RUNTIME_DIR=" + runtimeDir,
-		"systemctl", "--user", "--no-pager"}, args...)
-	out, err := exec.Command("nsenter", full...).CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("systemctl --user %s: %w\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out), nil
+	return nsenter(m.PID, "-m", []string{"XDG_RUNTIME_DIR=" + runtimeDir},
+		append([]string{"systemctl", "--user", "--no-pager"}, args...))
 }
 
 // MustSystemctl is Systemctl that fails the test on error.

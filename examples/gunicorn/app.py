@@ -1,7 +1,8 @@
 """A WSGI app for running gunicorn under sockshim.
 
-It reads its version from the VERSION file next to it when a gunicorn worker
-imports it: code and data loaded at worker start are what a reload refreshes.
+It reads its version from the VERSION file next to it when it is imported,
+that is when a sockshim worker (a gunicorn master started with --preload)
+starts: code and data loaded at worker start are what a reload refreshes.
 """
 import os
 
