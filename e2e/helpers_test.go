@@ -1,8 +1,8 @@
 package e2e
 
 import (
-	"context"
 	"bufio"
+	"context"
 	"encoding/json"
 	"io"
 	"net"
@@ -200,9 +200,13 @@ func startSupervisor(t testing.TB, b bins, cfg string, env ...string) *superviso
 	go func() {
 		defer close(s.logDone)
 		sc := bufio.NewScanner(pr)
+		sc.Buffer(nil, 1<<20)
 		for sc.Scan() {
 			s.log.add(sc.Text())
 		}
+		// Keep reading whatever comes after an overlong line, so that
+		// sockshim never blocks writing its log.
+		io.Copy(io.Discard, pr)
 	}()
 	err = cmd.Start()
 	pw.Close()

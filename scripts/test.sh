@@ -41,7 +41,14 @@ echo "== go vet"
 go vet ./...
 echo "== staticcheck"
 "$GOBIN/staticcheck" ./...
-echo "== go test -race"
-go test -race -count=1 -timeout 40m ./...
+echo "== go test -race (full log: test-output.log)"
+status=0
+go test -race -count=1 -timeout 40m -v ./... >test-output.log 2>&1 || status=$?
+if [ "$status" -ne 0 ]; then
+	cat test-output.log
+	exit "$status"
+fi
+# On success: every test's verdict and the figures the tests log.
+grep -E '^(--- |ok |FAIL)|^ +[a-z_]+_test\.go:[0-9]+: ' test-output.log || true
 echo "== fuzz handoff decoder ($FUZZTIME)"
 go test -run='^$' -fuzz=FuzzDecode -fuzztime="$FUZZTIME" ./handoff
