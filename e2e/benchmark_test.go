@@ -47,13 +47,15 @@ func BenchmarkReport(b *testing.B) {
 	direct := plainUnit(b, m, bb, "bench-direct", "tracked")
 	shimmed := installAppB(b, m, bb, "bench-shim", workerConfig(bb, "v1", "rolling", 1, 1))
 	var dRes, sRes []*load.Result
-	for range 3 {
+	const rounds = 5
+	for range rounds {
 		dRes = append(dRes, runLoad(b, direct, 16, 4*time.Second, false))
 		sRes = append(sRes, runLoad(b, shimmed.url, 16, 4*time.Second, false))
 	}
 	dRate, dP99 := rateP99(dRes)
 	sRate, sP99 := rateP99(sRes)
-	r.add("## Steady state (16 new-connection clients, 3 interleaved rounds of 4 s)\n\n| path | requests/s | p99 latency |\n|---|---|---|\n")
+	r.add("## Steady state (16 new-connection clients, %d interleaved rounds of 4 s)\n\n", rounds)
+	r.add("| path | requests/s | p99 latency |\n|---|---|---|\n")
 	r.add("| worker socket-activated directly | %.0f | %s |\n| same worker under sockshim | %.0f | %s |\n", dRate, dP99, sRate, sP99)
 	r.add("| **ratio sockshim / direct** | **%.2f** | **%.2f** |\n\n", sRate/dRate, float64(sP99)/float64(dP99))
 
@@ -70,7 +72,7 @@ func BenchmarkReport(b *testing.B) {
 		cpu0 := cpuTime(pid)
 		res, serving, gone, marks := reloadSeries(b, m, a, "bench-"+c.strategy, reloads)
 		cpu := cpuTime(pid) - cpu0
-		r.add("| sockshim %s, 4 workers | %d | %d | %s | %s | %s | %s / %s | %s / %s |\n", c.strategy, res.Requests, res.Failed(),
+		r.add("| sockshim %s, 4 workers | %d | %s | %s | %s | %s | %s / %s | %s / %s |\n", c.strategy, res.Requests, failedCell(res),
 			res.LongestGap.Round(time.Millisecond), steadyP99, res.P99.Round(10*time.Microsecond), pct(serving, 50), pct(serving, 99), pct(gone, 50), pct(gone, 99))
 		r.resources = append(r.resources, fmt.Sprintf("| %s | %d KiB | %s |", c.strategy, rssKiB(pid), (cpu/time.Duration(reloads)).Round(10*time.Microsecond)))
 		if plotRes == nil {
@@ -81,7 +83,7 @@ func BenchmarkReport(b *testing.B) {
 		step("restarts without sockshim, drain=" + drain)
 		url := plainUnit(b, m, bb, "bench-plain-"+drain, drain)
 		res, lat := restartSeries(b, m, url, "bench-plain-"+drain, reloads)
-		r.add("| `systemctl restart` without sockshim, worker drain=%s | %d | %d | %s | %s | %s | %s / %s | - |\n", drain, res.Requests, res.Failed(),
+		r.add("| `systemctl restart` without sockshim, worker drain=%s | %d | %s | %s | %s | %s | %s / %s | - |\n", drain, res.Requests, failedCell(res),
 			res.LongestGap.Round(time.Millisecond), steadyP99, res.P99.Round(10*time.Microsecond), pct(lat, 50), pct(lat, 99))
 	}
 	r.add("\ndrain=tracked is examples/gracefulhttp; drain=shutdown is `http.Server.Shutdown` alone (see README).\n\n")
@@ -130,8 +132,8 @@ func (r *report) machine() {
 		}
 	}
 	r.add("# sockshim benchmarks\n\nWritten by `go test ./e2e -run '^$' -bench Report -benchtime 1x` on %s.\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
-	r.add("| machine | |\n|---|---|\n| CPU | %s, %d cores |\n| kernel | %s |\n| Go | %s |\n| systemd | %s |\n| load client | testenv/load, in the benchmark process |\n\n",
-		model, runtime.NumCPU(), cmd("uname", "-r"), runtime.Version(), cmd("systemctl", "--version"))
+	r.add("| machine | |\n|---|---|\n| CPU | %s, %d cores |\n| kernel | %s |\n| Go | %s |\n| systemd | %s |\n| load client | testenv/load, in the benchmark process |\n| race detector | %v |\n\n",
+		model, runtime.NumCPU(), cmd("uname", "-r"), runtime.Version(), cmd("systemctl", "--version"), testenv.RaceEnabled)
 }
 
 // installAppB is installApp for benchmarks (testing.B).
@@ -160,6 +162,19 @@ func runLoad(tb testing.TB, url string, conc int, d time.Duration, keepAlive boo
 		tb.Fatal(err)
 	}
 	return res
+}
+
+// failedCell is the failed count, with the kinds when there are any.
+func failedCell(res *load.Result) string {
+	if res.Failed() == 0 {
+		return "0"
+	}
+	var kinds []string
+	for k, n := range res.Failures {
+		kinds = append(kinds, fmt.Sprintf("%s %d", k, n))
+	}
+	slices.Sort(kinds)
+	return fmt.Sprintf("%d (%s)", res.Failed(), strings.Join(kinds, ", "))
 }
 
 func rateP99(rs []*load.Result) (float64, time.Duration) {

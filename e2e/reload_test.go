@@ -326,7 +326,11 @@ func writeResults(t *testing.T, name, text string) {
 	t.Helper()
 	dir := filepath.Join("..", "results")
 	os.MkdirAll(dir, 0o755)
-	stamp := fmt.Sprintf("<!-- written by go test ./e2e on %s -->\n", time.Now().UTC().Format(time.RFC3339))
+	how := "go test ./e2e"
+	if testenv.RaceEnabled {
+		how = "go test -race ./e2e (binaries built with -race: slower than production)"
+	}
+	stamp := fmt.Sprintf("<!-- written by %s on %s -->\n", how, time.Now().UTC().Format(time.RFC3339))
 	if err := os.WriteFile(filepath.Join(dir, name), []byte(stamp+text), 0o644); err != nil {
 		t.Errorf("writing results: %v", err)
 	}

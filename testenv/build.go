@@ -35,7 +35,7 @@ func Build(t testing.TB, importPath string) string {
 	}
 	bin := filepath.Join(buildDir, path.Base(importPath))
 	args := []string{"build", "-o", bin}
-	if raceEnabled {
+	if RaceEnabled {
 		args = append(args, "-race")
 	}
 	out, err := exec.Command("go", append(args, importPath)...).CombinedOutput()
