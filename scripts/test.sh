@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-STATICCHECK_VERSION=2026.2.2
+# staticcheck 2026.2.2 is module version v0.8.2 (the proxy serves only the v0.x names).
+STATICCHECK_VERSION=v0.8.2
 FUZZTIME=${FUZZTIME:-20s}
 
 # command → Debian package, for everything the tests run.
@@ -28,7 +29,7 @@ fi
 
 go mod download
 GOBIN="$(go env GOPATH)/bin"
-if ! "$GOBIN/staticcheck" -version 2>/dev/null | grep -q "$STATICCHECK_VERSION"; then
+if ! "$GOBIN/staticcheck" -version 2>/dev/null | grep -qF "(${STATICCHECK_VERSION#v})"; then
 	go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
 fi
 
