@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -34,14 +35,68 @@ func build(t testing.TB) bins {
 	}
 }
 
-// writeConfig writes a sockshim config into the test's temp dir.
-func writeConfig(t testing.TB, dir, text string) string {
+// app is one sockshim instance under test: socket-activated by a user
+// manager (installApp) or binding its own listener (startStandalone).
+type app struct {
+	b       bins
+	name    string
+	port    int
+	url     string
+	ctl     string // control socket
+	cfgPath string
+	fdDir   string // where testworkers started with -report FDDIR write
+	listen  string // the config's [[listen]] block; empty under systemd
+
+	m   *testenv.Manager // socket-activated only
+	sup *supervisor      // standalone only
+	up  *upstream        // standalone only: what sockshim told its manager
+}
+
+// newApp picks a loopback port and the files of an app; it starts nothing.
+func newApp(t testing.TB, b bins, name string) *app {
 	t.Helper()
-	path := filepath.Join(dir, "app.toml")
-	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+	dir := t.TempDir()
+	port := testenv.FreePort(t)
+	a := &app{b: b, name: name, port: port, url: fmt.Sprintf("http://127.0.0.1:%d/", port),
+		ctl: filepath.Join(dir, "control.sock"), cfgPath: filepath.Join(dir, "app.toml"), fdDir: filepath.Join(dir, "fds")}
+	if err := os.Mkdir(a.fdDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	return path
+	return a
+}
+
+// rewrite replaces the app's config atomically, as a deploy tool would:
+// workers is the [[worker]] part, the rest stays the same. FDDIR in it
+// stands for the app's fdDir.
+func (a *app) rewrite(t testing.TB, workers string) {
+	t.Helper()
+	tmp := a.cfgPath + ".new"
+	text := a.listen + strings.ReplaceAll(workers, "FDDIR", a.fdDir) + fmt.Sprintf("\n[control]\nsocket = %q\n", a.ctl)
+	if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, a.cfgPath); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startStandalone runs sockshim without systemd: it binds a loopback
+// listener named "http" itself, runs the given [[worker]] blocks, and
+// reports to a notify socket the test reads.
+func startStandalone(t testing.TB, b bins, workers string, env ...string) *app {
+	t.Helper()
+	a := newApp(t, b, "standalone")
+	a.listen = fmt.Sprintf("[[listen]]\nname = \"http\"\naddress = \"tcp://127.0.0.1:%d\"\n", a.port)
+	a.rewrite(t, workers)
+	a.up = newUpstream(t)
+	a.sup = startSupervisor(t, b, a.cfgPath, append(env, "NOTIFY_SOCKET="+a.up.path)...)
+	return a
+}
+
+// reload runs `sockshim reload -c` and returns what it printed.
+func (a *app) reload() (string, error) {
+	out, err := exec.Command(a.b.sockshim, "reload", "-c", a.cfgPath).CombinedOutput()
+	return string(out), err
 }
 
 // toml quotes a Go string list as a TOML array.
@@ -143,18 +198,28 @@ func newUpstream(t testing.TB) *upstream {
 // await returns the first datagram containing want, failing after timeout.
 func (u *upstream) await(t *testing.T, want string, timeout time.Duration) string {
 	t.Helper()
+	msgs := u.collect(t, want, timeout)
+	return msgs[len(msgs)-1]
+}
+
+// collect returns every datagram up to and including the first one that
+// contains want, failing after timeout.
+func (u *upstream) collect(t *testing.T, want string, timeout time.Duration) []string {
+	t.Helper()
 	deadline := time.After(timeout)
+	var msgs []string
 	for {
 		select {
 		case m, ok := <-u.msgs:
 			if !ok {
 				t.Fatalf("notify socket closed while waiting for %q", want)
 			}
+			msgs = append(msgs, m)
 			if strings.Contains(m, want) {
-				return m
+				return msgs
 			}
 		case <-deadline:
-			t.Fatalf("no %q on the notify socket within %s", want, timeout)
+			t.Fatalf("no %q on the notify socket within %s; got %q", want, timeout, msgs)
 		}
 	}
 }
@@ -240,6 +305,15 @@ func (s *supervisor) output() string {
 	case <-time.After(5 * time.Second):
 	}
 	return s.log.String()
+}
+
+// awaitLog waits until sockshim's output contains want: a line is read a
+// moment after it is written.
+func (s *supervisor) awaitLog(t *testing.T, want string) {
+	t.Helper()
+	waitFor(t, 5*time.Second, fmt.Sprintf("%q in sockshim's log", want), func() bool {
+		return strings.Contains(s.log.String(), want)
+	})
 }
 
 func (s *supervisor) signal(t *testing.T, sig syscall.Signal) {

@@ -42,19 +42,6 @@ drain_timeout = "10s"
 `, tomlList(args...), count, strategy, surge)
 }
 
-// rewrite replaces the app's config atomically, as a deploy tool would.
-func (a *app) rewrite(t *testing.T, body string) {
-	t.Helper()
-	tmp := a.cfgPath + ".new"
-	text := body + fmt.Sprintf("\n[control]\nsocket = %q\n", a.ctl)
-	if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, a.cfgPath); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // checkGeneration asserts that every serving worker runs generation gen.
 func checkGeneration(t *testing.T, a *app, gen, count int) {
 	t.Helper()

@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,30 +19,9 @@ import (
 // behind.
 func TestStandalone(t *testing.T) {
 	b := build(t)
-	dir := t.TempDir()
-	port := testenv.FreePort(t)
-	fdDir := filepath.Join(dir, "fds")
-	os.Mkdir(fdDir, 0o755)
-	ctl := filepath.Join(dir, "control.sock")
-	cfg := writeConfig(t, dir, fmt.Sprintf(`
-[[listen]]
-name = "http"
-address = "tcp://127.0.0.1:%d"
-
-[[worker]]
-name = "tw"
-command = %s
-count = 3
-ready_timeout = "10s"
-drain_timeout = "5s"
-
-[control]
-socket = %q
-`, port, tomlList(b.testworker, "-version", "v1", "-report", fdDir), ctl))
-
-	up := newUpstream(t)
-	sup := startSupervisor(t, b, cfg, "NOTIFY_SOCKET="+up.path)
-	ready := up.await(t, "READY=1", 15*time.Second)
+	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 1, 3, "-report", "FDDIR"))
+	ctl, port, sup, fdDir := a.ctl, a.port, a.sup, a.fdDir
+	ready := a.up.await(t, "READY=1", 15*time.Second)
 	if !strings.Contains(ready, "STATUS=gen 1: tw 3/3 ready") {
 		t.Errorf("READY datagram %q lacks the status line", ready)
 	}
@@ -83,7 +61,7 @@ socket = %q
 	}
 
 	sup.signal(t, syscall.SIGTERM)
-	up.await(t, "STOPPING=1", 5*time.Second)
+	a.up.await(t, "STOPPING=1", 5*time.Second)
 	if err := sup.wait(t, 10*time.Second); err != nil {
 		t.Errorf("sockshim exit: %v, want 0", err)
 	}
@@ -97,23 +75,9 @@ socket = %q
 // (PR_SET_PDEATHSIG), so no orphan keeps serving stale code.
 func TestWorkersDieWithSockshim(t *testing.T) {
 	b := build(t)
-	dir := t.TempDir()
-	port := testenv.FreePort(t)
-	ctl := filepath.Join(dir, "control.sock")
-	cfg := writeConfig(t, dir, fmt.Sprintf(`
-[[listen]]
-name = "http"
-address = "tcp://127.0.0.1:%d"
-[[worker]]
-name = "tw"
-command = %s
-count = 2
-[control]
-socket = %q
-`, port, tomlList(b.testworker), ctl))
-	up := newUpstream(t)
-	sup := startSupervisor(t, b, cfg, "NOTIFY_SOCKET="+up.path)
-	up.await(t, "READY=1", 15*time.Second)
+	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 1, 2))
+	sup, ctl := a.sup, a.ctl
+	a.up.await(t, "READY=1", 15*time.Second)
 	pids := workerPIDs(status(t, ctl), "ready")
 	if len(pids) != 2 {
 		t.Fatalf("want 2 workers, got %v", pids)
@@ -127,21 +91,13 @@ socket = %q
 // growing delays (never a busy loop) and the loop shows in STATUS.
 func TestCrashLoopBacksOff(t *testing.T) {
 	b := build(t)
-	dir := t.TempDir()
-	port := testenv.FreePort(t)
-	cfg := writeConfig(t, dir, fmt.Sprintf(`
-[[listen]]
-name = "http"
-address = "tcp://127.0.0.1:%d"
+	a := startStandalone(t, b, `
 [[worker]]
 name = "crashy"
 command = ["/bin/sh", "-c", "echo starting >&2; echo oops >&2; exit 3"]
-[control]
-socket = %q
-`, port, filepath.Join(dir, "control.sock")))
-	up := newUpstream(t)
-	sup := startSupervisor(t, b, cfg, "NOTIFY_SOCKET="+up.path)
-	up.await(t, "crash loop", 10*time.Second)
+`)
+	sup := a.sup
+	a.up.await(t, "crash loop", 10*time.Second)
 	time.Sleep(3 * time.Second)
 	sup.signal(t, syscall.SIGTERM)
 	if err := sup.wait(t, 10*time.Second); err != nil {

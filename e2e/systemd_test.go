@@ -3,8 +3,6 @@ package e2e
 import (
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,27 +12,14 @@ import (
 	"github.com/sockshim/sockshim/testenv"
 )
 
-// app is a socket-activated sockshim service installed in a user manager.
-type app struct {
-	m       *testenv.Manager
-	name    string // unit base name
-	url     string
-	ctl     string // control socket
-	cfgPath string
-	fdDir   string
-	b       bins
-}
-
 // installApp writes a .socket and a Type=notify .service running sockshim
 // with cfgBody (the [[worker]] part of the config) and starts the socket.
 func installApp(t testing.TB, m *testenv.Manager, b bins, name, cfgBody string) *app {
 	t.Helper()
-	dir := t.TempDir()
-	a := &app{m: m, name: name, b: b, ctl: filepath.Join(dir, "control.sock"), fdDir: filepath.Join(dir, "fds")}
-	os.Mkdir(a.fdDir, 0o755)
-	port := testenv.FreePort(t)
-	a.url = fmt.Sprintf("http://127.0.0.1:%d/", port)
-	a.cfgPath = writeConfig(t, dir, cfgBody+fmt.Sprintf("\n[control]\nsocket = %q\n", a.ctl))
+	a := newApp(t, b, name)
+	a.m = m
+	a.rewrite(t, cfgBody)
+	port := a.port
 	m.WriteUnit(t, name+".socket", fmt.Sprintf(`[Unit]
 Description=%[1]s socket
 
@@ -77,8 +62,6 @@ count = 3
 ready_timeout = "10s"
 drain_timeout = "5s"
 `, tomlList(b.testworker, "-version", "v1", "-report", "FDDIR")))
-	// The fd report dir is only known now; patch it into the config.
-	patchConfig(t, a.cfgPath, "FDDIR", a.fdDir)
 
 	if state := m.Show(t, "hello.service", "ActiveState"); state != "inactive" {
 		t.Fatalf("service %s before the first connection; want inactive (socket activation)", state)
@@ -146,16 +129,5 @@ drain_timeout = "5s"
 	if c, err := net.DialTimeout("tcp", strings.TrimSuffix(strings.TrimPrefix(a.url, "http://"), "/"), time.Second); err == nil {
 		c.Close()
 		t.Errorf("port still accepting after stop")
-	}
-}
-
-func patchConfig(t testing.TB, path, old, new string) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte(strings.ReplaceAll(string(b), old, new)), 0o644); err != nil {
-		t.Fatal(err)
 	}
 }

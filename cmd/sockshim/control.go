@@ -28,13 +28,9 @@ func controlFlags(name string, args []string, stderr io.Writer, extra func(*flag
 		}
 		return "", errUsage
 	}
-	// A config that no longer parses must not stop a reload request: the
+	// A config that fails its checks must not stop a reload request: the
 	// supervisor re-reads it and reports the error with its own context.
-	configured := ""
-	if cfg, err := config.Load(*path); err == nil {
-		configured = cfg.Control.Socket
-	}
-	return control.SocketPath(*path, configured), nil
+	return control.SocketPath(*path, config.ControlSocket(*path)), nil
 }
 
 func cmdReload(args []string, stdout, stderr io.Writer) error {

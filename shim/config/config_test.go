@@ -157,3 +157,26 @@ func TestExampleConfigsParse(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// A config that fails its checks still names its control socket, so that
+// `sockshim reload` reaches the supervisor, which reports the problem.
+func TestControlSocketLenient(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct{ text, want string }{
+		{"[[worker]]\ncont = 3\n[control]\nsocket = \"/run/x.sock\"\n", "/run/x.sock"},
+		{"[[worker]]\ncommand = [\"/x\"]\n", ""},
+		{"[control\nsocket = \"/run/x.sock\"\n", ""},
+		{"[control]\nsocket = 3\n", ""},
+	} {
+		path := filepath.Join(dir, "app.toml")
+		if err := os.WriteFile(path, []byte(c.text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if got := ControlSocket(path); got != c.want {
+			t.Errorf("ControlSocket(%q) = %q, want %q", c.text, got, c.want)
+		}
+	}
+	if got := ControlSocket(filepath.Join(dir, "missing.toml")); got != "" {
+		t.Errorf("ControlSocket of a missing file = %q", got)
+	}
+}

@@ -17,6 +17,23 @@ func Load(path string) (*Config, error) {
 	return Parse(path, data)
 }
 
+// ControlSocket returns the [control] socket set in the config file at
+// path, or "" when there is none or the file cannot be read as TOML. It is
+// lenient on purpose: `sockshim reload` must find a running supervisor even
+// when the new config fails a check, so that the supervisor reports the
+// problem (and keeps serving) instead of the client failing to connect.
+func ControlSocket(path string) string {
+	var c struct {
+		Control struct {
+			Socket string `toml:"socket"`
+		} `toml:"control"`
+	}
+	if _, err := toml.DecodeFile(path, &c); err != nil {
+		return ""
+	}
+	return c.Control.Socket
+}
+
 // Parse checks the config text data; name is used in error messages and as
 // Config.Path. Every problem found is reported, one per line, sorted by line.
 func Parse(name string, data []byte) (*Config, error) {

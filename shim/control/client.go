@@ -17,9 +17,9 @@ func Call(path string, req Request, progress func(string)) (*Reply, error) {
 		return nil, fmt.Errorf("connecting to sockshim at %s (is it running with this config?): %w", path, err)
 	}
 	defer c.Close()
-	if err := json.NewEncoder(c).Encode(req); err != nil {
-		return nil, fmt.Errorf("sending %s request: %w", req.Command, err)
-	}
+	// A supervisor that refuses the caller answers and hangs up before it
+	// reads the request, so a failed send still leaves a reply to read.
+	sendErr := json.NewEncoder(c).Encode(req)
 	sc := bufio.NewScanner(c)
 	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
 	for sc.Scan() {
@@ -37,6 +37,9 @@ func Call(path string, req Request, progress func(string)) (*Reply, error) {
 			return &r, errors.New(r.Error)
 		}
 		return &r, nil
+	}
+	if sendErr != nil {
+		return nil, fmt.Errorf("sending %s request to %s: %w", req.Command, path, sendErr)
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("reading reply from %s: %w", path, err)

@@ -1,0 +1,326 @@
+package e2e
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sockshim/sockshim/shim/control"
+	"github.com/sockshim/sockshim/testenv"
+	"github.com/sockshim/sockshim/testenv/load"
+)
+
+// The reload rules that do not need a service manager run standalone: the
+// test reads sockshim's notify messages itself.
+
+// TestReloadBadConfig: a config that no longer parses aborts the reload with
+// an error naming file, line and key; the running generation keeps serving.
+func TestReloadBadConfig(t *testing.T) {
+	b := build(t)
+	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 1, 2))
+	a.up.await(t, "READY=1", 15*time.Second)
+	before := workerPIDs(status(t, a.ctl), "ready")
+
+	res := underLoad(t, load.Options{URL: a.url, Concurrency: 4}, func() {
+		a.rewrite(t, strings.Replace(workerConfig(b, "v2", "rolling", 1, 2), "count =", "cont =", 1))
+		out, err := a.reload()
+		if err == nil {
+			t.Errorf("reload with a broken config exited 0:\n%s", out)
+		}
+		for _, want := range []string{"app.toml:", "worker[0].cont: unknown key", `did you mean "count"`, "nothing changed"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("reload error lacks %q:\n%s", want, out)
+			}
+		}
+	})
+	if res.Failed() != 0 {
+		t.Errorf("%d failed requests around a rejected config: %v", res.Failed(), res.Failures)
+	}
+	st := status(t, a.ctl)
+	if after := workerPIDs(st, "ready"); !slices.Equal(slices.Sorted(slices.Values(after)), slices.Sorted(slices.Values(before))) {
+		t.Errorf("workers changed after a rejected config: %v, before %v", after, before)
+	}
+	if st.Generation != 1 || st.Reloads != 0 {
+		t.Errorf("generation %d after %d reloads, want 1 after 0", st.Generation, st.Reloads)
+	}
+	// Fixed, the same config reloads.
+	a.rewrite(t, workerConfig(b, "v2", "rolling", 1, 2))
+	if out, err := a.reload(); err != nil {
+		t.Fatalf("reload after fixing the config: %v\n%s", err, out)
+	}
+	if got := get(t, a.url); got.version != "v2" {
+		t.Errorf("answer from %q after the reload, want v2", got.version)
+	}
+}
+
+// TestSighupReload: SIGHUP reloads, and the service manager hears
+// RELOADING=1 with MONOTONIC_USEC, EXTEND_TIMEOUT_USEC while new workers come
+// up, and READY=1 with a STATUS naming the new generation at the end.
+func TestSighupReload(t *testing.T) {
+	b := build(t)
+	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 1, 2))
+	a.up.await(t, "READY=1", 15*time.Second)
+	a.rewrite(t, workerConfig(b, "v2", "rolling", 1, 2))
+	a.sup.signal(t, syscall.SIGHUP)
+
+	msgs := a.up.collect(t, "READY=1", 15*time.Second)
+	all := strings.Join(msgs, "\n")
+	for _, want := range []string{"RELOADING=1", "MONOTONIC_USEC=", "EXTEND_TIMEOUT_USEC=", "STATUS=reloading to generation 2"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("no %s before the final READY=1; got %q", want, msgs)
+		}
+	}
+	if last := msgs[len(msgs)-1]; !strings.Contains(last, "STATUS=gen 2: tw 2/2 ready") {
+		t.Errorf("READY=1 at the end of the reload came with %q, want the gen 2 status", last)
+	}
+	checkGeneration(t, a, 2, 2)
+	if got := get(t, a.url); got.version != "v2" || got.generation != "2" {
+		t.Errorf("answer %+v after SIGHUP, want v2 from generation 2", got)
+	}
+}
+
+// TestStatusCommand: `sockshim status` prints a table, and --json the
+// same state as the control protocol's Status.
+func TestStatusCommand(t *testing.T) {
+	b := build(t)
+	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 1, 2))
+	a.up.await(t, "READY=1", 15*time.Second)
+
+	out, err := exec.Command(b.sockshim, "status", "-c", a.cfgPath).CombinedOutput()
+	if err != nil {
+		t.Fatalf("sockshim status: %v\n%s", err, out)
+	}
+	for _, want := range []string{"GROUP", "RESTARTS", "gen 1: tw 2/2 ready", "ready"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
+		}
+	}
+	out, err = exec.Command(b.sockshim, "status", "-c", a.cfgPath, "--json").Output()
+	if err != nil {
+		t.Fatalf("sockshim status --json: %v", err)
+	}
+	var st control.Status
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("status --json is not JSON: %v\n%s", err, out)
+	}
+	if st.PID != a.sup.cmd.Process.Pid || len(st.Groups) != 1 || len(st.Groups[0].Workers) != 2 {
+		t.Errorf("status --json: %+v", st)
+	}
+	for _, w := range st.Groups[0].Workers {
+		if w.State != "ready" || w.PID == 0 || w.ReadyAt.IsZero() {
+			t.Errorf("worker in status --json: %+v", w)
+		}
+	}
+}
+
+// TestLaterWorkerFails: in a rolling reload, a worker after the canary that
+// fails stops the rollout. Slots already switched keep the new generation,
+// the others keep the old one, the reload reports failure, and not one
+// request fails. The next good reload converges.
+func TestLaterWorkerFails(t *testing.T) {
+	b := build(t)
+	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 1, 3))
+	a.up.await(t, "READY=1", 15*time.Second)
+
+	// Worker 1 of the new generation refuses to start; 0 (the canary) is fine.
+	flaky := strings.Replace(workerConfig(b, "v2", "rolling", 1, 3), "command = [",
+		`command = ["/bin/sh", "-c", "if [ \"$SOCKSHIM_WORKER_ID\" = 1 ]; then echo worker 1 refuses >&2; exit 4; fi; exec \"$0\" \"$@\"", `, 1)
+	res := underLoad(t, load.Options{URL: a.url, Concurrency: 8}, func() {
+		a.rewrite(t, flaky)
+		out, err := a.reload()
+		if err == nil {
+			t.Errorf("reload exited 0 though worker 1 failed:\n%s", out)
+		}
+		for _, want := range []string{"tw[1]", "exit status 4", "worker 1 refuses", "stopped mid-rollout (1 of 3 workers run generation 2"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("reload failure lacks %q:\n%s", want, out)
+			}
+		}
+		gens := map[int]int{}
+		for _, w := range status(t, a.ctl).Groups[0].Workers {
+			if w.State == "ready" {
+				gens[w.ID] = w.Generation
+			}
+		}
+		if want := map[int]int{0: 2, 1: 1, 2: 1}; fmt.Sprint(gens) != fmt.Sprint(want) {
+			t.Errorf("generation by worker id after the stopped rollout: %v, want %v", gens, want)
+		}
+
+		a.rewrite(t, workerConfig(b, "v3", "rolling", 1, 3))
+		if out, err := a.reload(); err != nil {
+			t.Errorf("reload after the fix: %v\n%s", err, out)
+		}
+		checkGeneration(t, a, 3, 3)
+	})
+	if res.Failed() != 0 {
+		t.Errorf("%d failed requests around a stopped rollout: %v", res.Failed(), res.Failures)
+	}
+	if res.Versions["v2"] == 0 || res.Versions["v3"] == 0 {
+		t.Errorf("answers by version %v: want some from v2's canary and from v3", res.Versions)
+	}
+}
+
+// TestNotReloadable: a reloadable = false group keeps its workers across
+// reloads, and a change to its config is reported, not applied.
+func TestNotReloadable(t *testing.T) {
+	b := build(t)
+	groups := func(version string) string {
+		return fmt.Sprintf(`
+[[worker]]
+name = "web"
+command = %s
+
+[[worker]]
+name = "ws"
+command = %s
+reloadable = false
+`, tomlList(b.testworker, "-version", version), tomlList(b.testworker, "-version", "ws-"+version))
+	}
+	a := startStandalone(t, b, groups("v1"))
+	a.up.await(t, "READY=1", 15*time.Second)
+	kept := groupPIDs(status(t, a.ctl), "ws")
+
+	a.rewrite(t, groups("v2"))
+	out, err := a.reload()
+	if err != nil {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "group ws is not reloadable: its config changes apply on restart") {
+		t.Errorf("reload output does not say the ws change was not applied:\n%s", out)
+	}
+	st := status(t, a.ctl)
+	if got := groupPIDs(st, "ws"); !slices.Equal(got, kept) {
+		t.Errorf("ws workers %v after reload, want the same %v", got, kept)
+	}
+	for _, g := range st.Groups {
+		for _, w := range g.Workers {
+			want := 2
+			if g.Name == "ws" {
+				want = 1
+			}
+			if w.State == "ready" && w.Generation != want {
+				t.Errorf("%s[%d] runs generation %d, want %d", g.Name, w.ID, w.Generation, want)
+			}
+		}
+	}
+}
+
+func groupPIDs(st *control.Status, group string) []int {
+	var pids []int
+	for _, g := range st.Groups {
+		for _, w := range g.Workers {
+			if g.Name == group && w.State == "ready" {
+				pids = append(pids, w.PID)
+			}
+		}
+	}
+	return pids
+}
+
+// TestMaxDraining: workers that never finish draining do not pile up. With
+// max_draining = 1, a second reload kills the oldest draining generation
+// early, long before its drain_timeout, and says so in the log.
+func TestMaxDraining(t *testing.T) {
+	b := build(t)
+	body := func(v string) string {
+		return strings.Replace(workerConfig(b, v, "rolling", 1, 1, "-ignore-sigterm"),
+			`drain_timeout = "10s"`, "drain_timeout = \"60s\"\nmax_draining = 1", 1)
+	}
+	a := startStandalone(t, b, body("v1"))
+	a.up.await(t, "READY=1", 15*time.Second)
+	gen1 := workerPIDs(status(t, a.ctl), "ready")
+
+	for _, v := range []string{"v2", "v3"} {
+		a.rewrite(t, body(v))
+		if out, err := a.reload(); err != nil {
+			t.Fatalf("reload to %s: %v\n%s", v, err, out)
+		}
+	}
+	testenv.WaitGone(t, gen1, 5*time.Second)
+	draining := status(t, a.ctl).Groups[0].Workers
+	var gens []int
+	for _, w := range draining {
+		if w.State == "draining" {
+			gens = append(gens, w.Generation)
+		}
+	}
+	if !slices.Equal(gens, []int{2}) {
+		t.Errorf("draining generations %v, want only [2]", gens)
+	}
+	a.sup.awaitLog(t, "too many generations draining; killing the oldest early")
+	// A forced stop (second SIGINT) does not wait for drain_timeout.
+	a.sup.signal(t, syscall.SIGINT)
+	time.Sleep(100 * time.Millisecond)
+	a.sup.signal(t, syscall.SIGINT)
+	if err := a.sup.wait(t, 10*time.Second); err != nil {
+		t.Errorf("sockshim exit after a forced stop: %v", err)
+	}
+}
+
+// TestWatchdog: with WATCHDOG_USEC set, sockshim pings the manager.
+func TestWatchdog(t *testing.T) {
+	b := build(t)
+	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 1, 1), "WATCHDOG_USEC=400000")
+	a.up.await(t, "READY=1", 15*time.Second)
+	start := time.Now()
+	a.up.await(t, "WATCHDOG=1", 2*time.Second)
+	a.up.await(t, "WATCHDOG=1", 2*time.Second)
+	t.Logf("two WATCHDOG=1 within %s (WatchdogSec 400ms)", time.Since(start).Round(time.Millisecond))
+}
+
+// TestControlSocketRefusesStrangers: only root and sockshim's own uid may
+// use the control socket, even when its file mode would let others in, and
+// a malformed request is answered with an error that harms nothing.
+func TestControlSocketRefusesStrangers(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Fatal("this test runs a client as nobody and needs root")
+	}
+	b := build(t)
+	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 1, 1))
+	a.up.await(t, "READY=1", 15*time.Second)
+	if fi, err := os.Stat(a.ctl); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("control socket mode: %v %v, want 0600", fi.Mode(), err)
+	}
+
+	// Let nobody reach the socket through the file system; the peer check
+	// must still refuse it.
+	for p, mode := range map[string]os.FileMode{a.ctl: 0o666, filepath.Dir(a.ctl): 0o755,
+		filepath.Dir(filepath.Dir(a.ctl)): 0o755, filepath.Dir(b.sockshim): 0o755} {
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command(b.sockshim, "status", "-c", a.cfgPath)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "uid 65534 may not control this sockshim") {
+		t.Errorf("status as nobody: %v\n%s", err, out)
+	}
+
+	c, err := net.Dial("unix", a.ctl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "{not json\n")
+	line, _ := bufio.NewReader(c).ReadString('\n')
+	if !strings.Contains(line, "malformed request") {
+		t.Errorf("answer to a malformed request: %q", line)
+	}
+
+	for _, want := range []string{"control connection refused", "peer_uid=65534", "malformed control request"} {
+		a.sup.awaitLog(t, want)
+	}
+	if got := get(t, a.url); got.version != "v1" {
+		t.Errorf("answer %+v after the refused requests", got)
+	}
+}
