@@ -54,8 +54,12 @@ func TestReloadBadConfig(t *testing.T) {
 	}
 	// Fixed, the same config reloads.
 	a.rewrite(t, workerConfig(b, "v2", "rolling", 1, 2))
-	if out, err := a.reload(); err != nil {
+	out, err := a.reload()
+	if err != nil {
 		t.Fatalf("reload after fixing the config: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "draining workers stopped accepting after") {
+		t.Errorf("the reload did not wait for the old workers to release the sockets:\n%s", out)
 	}
 	if got := get(t, a.url); got.version != "v2" {
 		t.Errorf("answer from %q after the reload, want v2", got.version)

@@ -39,8 +39,9 @@ type reloadWaiter struct {
 }
 
 type reloadResult struct {
-	message string
-	err     error
+	message  string
+	err      error
+	draining []int // pids of the workers draining when it ended
 }
 
 // reloadRun is the reload in progress.
@@ -350,6 +351,7 @@ func (s *Supervisor) finishReload() {
 			s.retire(g)
 		}
 		res.message = fmt.Sprintf("generation %d serving (%s) after %s", r.gen, s.statusLine(), took)
+		res.draining = s.drainingPIDs()
 		s.log.Info("reload done", "generation", r.gen, "took", took)
 	} else {
 		for _, g := range r.added {
@@ -372,6 +374,18 @@ func (s *Supervisor) finishReload() {
 		s.pending = nil
 		s.startReload(pending)
 	}
+}
+
+func (s *Supervisor) drainingPIDs() []int {
+	var pids []int
+	for _, g := range append(s.groups, s.retired...) {
+		for _, w := range g.draining {
+			if w.live() {
+				pids = append(pids, w.pid)
+			}
+		}
+	}
+	return pids
 }
 
 // retire drains a group that left the config and stops tracking it once its

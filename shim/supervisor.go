@@ -43,6 +43,7 @@ type Supervisor struct {
 	stdout, stderr *os.File
 	baseEnv        []string
 	sockets        []handoff.Socket
+	socketIDs      map[string]bool // the sockets as /proc/PID/fd names them
 	loadConfig     func() (*config.Config, error)
 	events         chan event
 	done           chan struct{}
@@ -104,6 +105,11 @@ func New(o Options) (*Supervisor, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	if ids, err := socketIDs(o.Sockets); err != nil {
+		s.log.Warn("reloads will not wait for old workers to release the sockets", "err", err)
+	} else {
+		s.socketIDs = ids
+	}
 	if s.up == nil {
 		s.up = notify.NewUpstream(s.log)
 	}
@@ -157,6 +163,9 @@ func (s *Supervisor) Reload(ctx context.Context, progress func(string)) (string,
 					progress(line)
 				}
 			}
+			if r.err == nil && len(r.draining) > 0 && s.socketIDs != nil {
+				r.message += s.awaitOldGeneration(ctx, r.draining, progress)
+			}
 			return r.message, r.err
 		case <-s.done:
 			return "", fmt.Errorf("sockshim stopped before the reload ended")
@@ -164,6 +173,23 @@ func (s *Supervisor) Reload(ctx context.Context, progress func(string)) (string,
 			return "", ctx.Err()
 		}
 	}
+}
+
+// awaitOldGeneration waits, on the caller's goroutine, until the draining
+// workers have closed their copies of the listening sockets (see
+// release.go), and returns a note for the reload's answer if they did not.
+func (s *Supervisor) awaitOldGeneration(ctx context.Context, pgids []int, progress func(string)) string {
+	start := time.Now()
+	held := awaitRelease(ctx, pgids, s.socketIDs, releaseTimeout)
+	took := time.Since(start).Round(time.Millisecond)
+	if len(held) > 0 {
+		s.log.Warn("draining workers still hold the listening sockets and may accept connections", "pids", held, "after", took)
+		return fmt.Sprintf(" (note: draining pids %v still hold the listening sockets after %s)", held, took)
+	}
+	if progress != nil {
+		progress(fmt.Sprintf("draining workers stopped accepting after %s", took))
+	}
+	return ""
 }
 
 // Status returns a snapshot of the supervisor's state.

@@ -1,0 +1,124 @@
+package shim
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sockshim/sockshim/handoff"
+	"golang.org/x/sys/unix"
+)
+
+// A worker told to drain keeps accepting until it handles its stop signal
+// and closes its copies of the listening sockets, a few milliseconds later.
+// A connection that arrives in that moment is still answered, but by the old
+// code. So a reload is answered only once no draining process holds a
+// listening socket any more: whoever ran `systemctl reload` can rely on new
+// connections reaching the new generation. The wait is bounded, because a
+// server may legitimately keep its listeners until its last request is done.
+const (
+	releaseTimeout = 2 * time.Second
+	releasePoll    = 5 * time.Millisecond
+)
+
+// socketIDs returns the sockets as /proc/PID/fd links name them
+// ("socket:[INODE]"). fstat goes through SyscallConn: Fd() would switch
+// the shared sockets to blocking mode for every process.
+func socketIDs(socks []handoff.Socket) (map[string]bool, error) {
+	ids := map[string]bool{}
+	for _, s := range socks {
+		raw, err := s.File.SyscallConn()
+		if err != nil {
+			return nil, fmt.Errorf("socket %s: %w", s.Name, err)
+		}
+		var st unix.Stat_t
+		var serr error
+		if err := raw.Control(func(fd uintptr) { serr = unix.Fstat(int(fd), &st) }); err != nil {
+			return nil, fmt.Errorf("socket %s: %w", s.Name, err)
+		}
+		if serr != nil {
+			return nil, fmt.Errorf("socket %s: fstat: %w", s.Name, serr)
+		}
+		ids[fmt.Sprintf("socket:[%d]", st.Ino)] = true
+	}
+	return ids, nil
+}
+
+// awaitRelease waits until no process in the process groups pgids (the
+// draining workers and their children) holds one of the listening sockets,
+// or until timeout. It returns the pids still holding one.
+func awaitRelease(ctx context.Context, pgids []int, sockets map[string]bool, timeout time.Duration) []int {
+	deadline := time.Now().Add(timeout)
+	for {
+		held := holders(pgids, sockets)
+		if len(held) == 0 || time.Now().After(deadline) {
+			return held
+		}
+		select {
+		case <-ctx.Done():
+			return held
+		case <-time.After(releasePoll):
+		}
+	}
+}
+
+// holders lists the processes of the process groups pgids that have one of
+// the sockets open.
+func holders(pgids []int, sockets map[string]bool) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || !slices.Contains(pgids, processGroup(pid)) {
+			continue
+		}
+		if holdsAny(pid, sockets) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// processGroup reads the pgrp field of /proc/PID/stat, or -1. The command
+// name before it is in parentheses and may itself contain any character.
+func processGroup(pid int) int {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return -1
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return -1
+	}
+	// After the name: state ppid pgrp …
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 3 || f[0] == "Z" {
+		return -1
+	}
+	pgrp, err := strconv.Atoi(f[2])
+	if err != nil {
+		return -1
+	}
+	return pgrp
+}
+
+func holdsAny(pid int, sockets map[string]bool) bool {
+	dir := "/proc/" + strconv.Itoa(pid) + "/fd/"
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false // gone, or not ours to inspect
+	}
+	for _, e := range ents {
+		if target, err := os.Readlink(dir + e.Name()); err == nil && sockets[target] {
+			return true
+		}
+	}
+	return false
+}
