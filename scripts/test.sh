@@ -44,7 +44,7 @@ echo "== staticcheck"
 "$GOBIN/staticcheck" ./...
 echo "== go test -race (full log: test-output.log)"
 status=0
-go test -race -count=1 -timeout 40m -v ./... >test-output.log 2>&1 || status=$?
+go test -race -count=1 -timeout 70m -v ./... >test-output.log 2>&1 || status=$?
 if [ "$status" -ne 0 ]; then
 	cat test-output.log
 	exit "$status"
