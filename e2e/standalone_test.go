@@ -21,9 +21,13 @@ func TestStandalone(t *testing.T) {
 	b := build(t)
 	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 1, 3, "-report", "FDDIR"))
 	ctl, port, sup, fdDir := a.ctl, a.port, a.sup, a.fdDir
-	ready := a.up.await(t, "READY=1", 15*time.Second)
-	if !strings.Contains(ready, "STATUS=gen 1: tw 3/3 ready") {
+	msgs := a.up.collect(t, "READY=1", 15*time.Second)
+	if ready := msgs[len(msgs)-1]; !strings.Contains(ready, "STATUS=gen 1: tw 3/3 ready") {
 		t.Errorf("READY datagram %q lacks the status line", ready)
+	}
+	// Each worker that became ready asked systemd for more start time.
+	if !strings.Contains(strings.Join(msgs, "\n"), "EXTEND_TIMEOUT_USEC=") {
+		t.Errorf("no EXTEND_TIMEOUT_USEC while the workers started: %q", msgs)
 	}
 
 	st := status(t, ctl)

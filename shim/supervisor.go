@@ -334,6 +334,11 @@ func (s *Supervisor) markReady(w *worker) {
 		s.rolloutReady(w.group, w)
 		return
 	}
+	if !s.readySent {
+		// The first start is making progress; a slow one (many workers,
+		// long ready times) gets more time than TimeoutStartSec=.
+		s.extendTimeout(w.cfg.ReadyTimeout + 5*time.Second)
+	}
 	if !s.readySent && s.allReady() {
 		s.readySent = true
 		s.log.Info("serving", "generation", s.gen)
