@@ -250,9 +250,15 @@ func (b *syncBuffer) String() string {
 	return b.b.String()
 }
 
+// startSupervisor runs `sockshim run -c cfg`, or `sockshim run` on its
+// embedded default when cfg is "".
 func startSupervisor(t testing.TB, b bins, cfg string, env ...string) *supervisor {
 	t.Helper()
-	cmd := exec.Command(b.sockshim, "run", "-c", cfg)
+	args := []string{"run"}
+	if cfg != "" {
+		args = append(args, "-c", cfg)
+	}
+	cmd := exec.Command(b.sockshim, args...)
 	cmd.Env = append(os.Environ(), env...)
 	// A real pipe, not an io.Writer: workers inherit sockshim's stdout, and
 	// cmd.Wait would otherwise wait for them to close it too.

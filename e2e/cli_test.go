@@ -1,0 +1,124 @@
+package e2e
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// sockshimCmd runs the sockshim binary and returns its exit code, stdout
+// and stderr.
+func sockshimCmd(t *testing.T, b bins, args ...string) (int, string, string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(b.sockshim, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, stdout.String(), stderr.String()
+	case errors.As(err, &ee):
+		return ee.ExitCode(), stdout.String(), stderr.String()
+	}
+	t.Fatalf("sockshim %v: %v", args, err)
+	return 0, "", ""
+}
+
+// TestCommandLine: exit codes and messages of the commands an operator
+// types, on good and bad input.
+func TestCommandLine(t *testing.T) {
+	b := build(t)
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.toml")
+	os.WriteFile(good, []byte(`[[listen]]
+name = "http"
+address = "tcp://127.0.0.1:1"
+
+[[worker]]
+command = ["/bin/true"]
+count = 2
+`), 0o644)
+	bad := filepath.Join(dir, "bad.toml")
+	os.WriteFile(bad, []byte(`[[listen]]
+name = "http"
+address = "tcp://127.0.0.1:1"
+
+[[worker]]
+command = ["/bin/true"]
+cont = 2
+drain_timeout = "soon"
+`), 0o644)
+	badErrs := []string{
+		bad + `:7: worker[0].cont: unknown key (did you mean "count"?)`,
+		bad + `:8: worker[0].drain_timeout:`,
+	}
+
+	for _, c := range []struct {
+		args   []string
+		code   int
+		stdout []string
+		stderr []string
+	}{
+		{nil, 2, nil, []string{"usage: sockshim COMMAND"}},
+		{[]string{"frobnicate"}, 2, nil, []string{`unknown command "frobnicate"`}},
+		{[]string{"help"}, 0, []string{"usage: sockshim COMMAND"}, nil},
+		{[]string{"version"}, 0, []string{"sockshim"}, nil},
+		{[]string{"check"}, 2, nil, []string{"-c FILE is required"}},
+		{[]string{"check", "-c", good}, 0, []string{good + ": ok (1 listeners, 1 groups, 2 workers)"}, nil},
+		{[]string{"check", "-c", bad}, 1, nil, badErrs},
+		{[]string{"check", "-c", filepath.Join(dir, "missing.toml")}, 1, nil, []string{"missing.toml: no such file"}},
+		// A supervisor with a bad config never starts anything.
+		{[]string{"run", "-c", bad}, 1, nil, badErrs},
+		{[]string{"reload", "-c", good}, 1, nil, []string{"is it running with this config?"}},
+		{[]string{"status", "-c", good}, 1, nil, []string{"is it running with this config?"}},
+	} {
+		name := strings.ReplaceAll(strings.Join(append([]string{"sockshim"}, c.args...), " "), dir+"/", "")
+		t.Run(name, func(t *testing.T) {
+			code, stdout, stderr := sockshimCmd(t, b, c.args...)
+			if code != c.code {
+				t.Errorf("exit code %d, want %d\nstdout: %s\nstderr: %s", code, c.code, stdout, stderr)
+			}
+			for _, want := range c.stdout {
+				if !strings.Contains(stdout, want) {
+					t.Errorf("stdout lacks %q:\n%s", want, stdout)
+				}
+			}
+			for _, want := range c.stderr {
+				if !strings.Contains(stderr, want) {
+					t.Errorf("stderr lacks %q:\n%s", want, stderr)
+				}
+			}
+		})
+	}
+}
+
+// TestEmbeddedDefault is the README's first command: `sockshim run` with no
+// config serves the example worker on 127.0.0.1:8080 and stops cleanly.
+func TestEmbeddedDefault(t *testing.T) {
+	b := build(t)
+	up := newUpstream(t)
+	sup := startSupervisor(t, b, "", "NOTIFY_SOCKET="+up.path)
+	up.await(t, "READY=1", 15*time.Second)
+	resp, err := http.Get("http://127.0.0.1:8080/")
+	if err != nil {
+		t.Fatalf("the embedded default does not answer on 127.0.0.1:8080: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "of generation 1") {
+		t.Errorf("answer %d %q", resp.StatusCode, body)
+	}
+	sup.signal(t, syscall.SIGTERM)
+	if err := sup.wait(t, 15*time.Second); err != nil {
+		t.Errorf("sockshim exit: %v", err)
+	}
+}
