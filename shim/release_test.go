@@ -14,13 +14,13 @@ import (
 )
 
 // startHolder starts `sh -c 'sleep 60 & exec sleep 60'` with the socket at
-// fd 3, in a process group of its own unless pgid is given: two processes
-// that hold the socket, as a server and the child it forked would.
-func startHolder(t *testing.T, f *os.File, pgid int) *exec.Cmd {
+// fd 3, in a process group of its own: two processes that hold the socket,
+// as a server and the child it forked would.
+func startHolder(t *testing.T, f *os.File) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command("/bin/sh", "-c", "sleep 60 & exec sleep 60")
 	cmd.ExtraFiles = []*os.File{f}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pgid: pgid}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -47,8 +47,8 @@ func TestAwaitRelease(t *testing.T) {
 		t.Fatalf("socketIDs: %v %v", ids, err)
 	}
 
-	draining := startHolder(t, f, 0)
-	other := startHolder(t, f, 0) // another group: not draining, not waited for
+	draining := startHolder(t, f)
+	other := startHolder(t, f) // another group: not draining, not waited for
 	pgid := draining.Process.Pid
 	var held []int
 	deadline := time.Now().Add(5 * time.Second)
