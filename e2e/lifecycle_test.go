@@ -297,8 +297,7 @@ func TestControlSocketRefusesStrangers(t *testing.T) {
 
 	// Let nobody reach the socket through the file system; the peer check
 	// must still refuse it.
-	for p, mode := range map[string]os.FileMode{a.ctl: 0o666, filepath.Dir(a.ctl): 0o755,
-		filepath.Dir(filepath.Dir(a.ctl)): 0o755, filepath.Dir(b.sockshim): 0o755} {
+	for p, mode := range map[string]os.FileMode{a.ctl: 0o666, filepath.Dir(a.ctl): 0o755, filepath.Dir(filepath.Dir(a.ctl)): 0o755} {
 		if err := os.Chmod(p, mode); err != nil {
 			t.Fatal(err)
 		}
@@ -326,5 +325,30 @@ func TestControlSocketRefusesStrangers(t *testing.T) {
 	}
 	if got := get(t, a.url); got.version != "v1" {
 		t.Errorf("answer %+v after the refused requests", got)
+	}
+}
+
+// TestUserAndGroup: user = and group = drop the workers' privileges; the
+// sockets they were handed still serve.
+func TestUserAndGroup(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Fatal("dropping privileges needs root")
+	}
+	b := build(t)
+	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 1, 2)+"user = \"nobody\"\ngroup = \"nogroup\"\n")
+	a.up.await(t, "READY=1", 15*time.Second)
+	for _, pid := range workerPIDs(status(t, a.ctl), "ready") {
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"Uid:\t65534\t65534\t65534\t65534\n", "Gid:\t65534\t65534\t65534\t65534\n", "Groups:\t65534 \n"} {
+			if !strings.Contains(string(st), want) {
+				t.Errorf("worker %d: /proc status lacks %q:\n%s", pid, want, st)
+			}
+		}
+	}
+	if got := get(t, a.url); got.version != "v1" {
+		t.Errorf("answer %+v from the unprivileged workers", got)
 	}
 }

@@ -31,6 +31,10 @@ func Build(t testing.TB, importPath string) string {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// Readable by all: tests run workers, and clients, as other users.
+		if err := os.Chmod(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
 		buildDir = dir
 	}
 	bin := filepath.Join(buildDir, path.Base(importPath))
