@@ -105,7 +105,14 @@ func TestPackagesLint(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	verify := exec.Command("systemd-analyze", "verify", "sockshim@demo.service", "myapp.socket", "myapp.service")
+	// The socket template has no address of its own; an instance gets one
+	// from the drop-in the README tells users to write.
+	dropIn := filepath.Join(units, "sockshim@demo.socket.d")
+	os.Mkdir(dropIn, 0o755)
+	if err := os.WriteFile(filepath.Join(dropIn, "listen.conf"), []byte("[Socket]\nListenStream=127.0.0.1:8080\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	verify := exec.Command("systemd-analyze", "verify", "sockshim@demo.socket", "sockshim@demo.service", "myapp.socket", "myapp.service")
 	verify.Dir = units
 	verify.Env = append(os.Environ(), "SYSTEMD_UNIT_PATH="+units+":", "MANPATH="+filepath.Join(root, "usr/share/man"))
 	if out, err := verify.CombinedOutput(); err != nil {
