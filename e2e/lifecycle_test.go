@@ -352,3 +352,121 @@ func TestUserAndGroup(t *testing.T) {
 		t.Errorf("answer %+v from the unprivileged workers", got)
 	}
 }
+
+// failingWorker is workerConfig whose worker id `failID` exits at start.
+func failingWorker(b bins, version, strategy string, surge, count, failID int) string {
+	return strings.Replace(workerConfig(b, version, strategy, surge, count), "command = [",
+		fmt.Sprintf(`command = ["/bin/sh", "-c", "if [ \"$SOCKSHIM_WORKER_ID\" = %d ]; then echo worker %d refuses >&2; exit 4; fi; exec \"$0\" \"$@\"", `, failID, failID), 1)
+}
+
+// generations maps worker id to generation for the workers in state.
+func generations(st *control.Status, state string) map[int]int {
+	gens := map[int]int{}
+	for _, g := range st.Groups {
+		for _, w := range g.Workers {
+			if w.State == state {
+				gens[w.ID] = w.Generation
+			}
+		}
+	}
+	return gens
+}
+
+// TestParallelFailureRollsBack: in a parallel reload any failing worker
+// rolls the whole new generation back; the old one is untouched.
+func TestParallelFailureRollsBack(t *testing.T) {
+	b := build(t)
+	a := startStandalone(t, b, workerConfig(b, "v1", "parallel", 1, 3))
+	a.up.await(t, "READY=1", 15*time.Second)
+	old := workerPIDs(status(t, a.ctl), "ready")
+	res := underLoad(t, load.Options{URL: a.url, Concurrency: 8}, func() {
+		a.rewrite(t, failingWorker(b, "v2", "parallel", 1, 3, 2))
+		out, err := a.reload()
+		if err == nil || !strings.Contains(out, "group tw rolled back, generation 1 keeps serving") || !strings.Contains(out, "worker 2 refuses") {
+			t.Errorf("reload: %v\n%s", err, out)
+		}
+	})
+	if res.Failed() != 0 || res.Versions["v2"] != 0 {
+		t.Errorf("%d failed requests, %d answers from the rolled-back generation", res.Failed(), res.Versions["v2"])
+	}
+	st := status(t, a.ctl)
+	if got := workerPIDs(st, "ready"); !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(old))) {
+		t.Errorf("serving workers %v after the rollback, want the old ones %v", got, old)
+	}
+}
+
+// TestSurgeZeroCanaryFailure: with surge = 0 the old worker of slot 0 is
+// drained before the canary starts; when the canary fails, the slot is
+// filled again and the service never stops answering.
+func TestSurgeZeroCanaryFailure(t *testing.T) {
+	b := build(t)
+	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 0, 2))
+	a.up.await(t, "READY=1", 15*time.Second)
+	res := underLoad(t, load.Options{URL: a.url, Concurrency: 8}, func() {
+		a.rewrite(t, failingWorker(b, "v2", "rolling", 0, 2, 0))
+		if out, err := a.reload(); err == nil || !strings.Contains(out, "rolled back") {
+			t.Errorf("reload: %v\n%s", err, out)
+		}
+		waitFor(t, 10*time.Second, "both slots serving again", func() bool {
+			return len(generations(status(t, a.ctl), "ready")) == 2
+		})
+	})
+	if res.Failed() != 0 {
+		t.Errorf("%d failed requests around a failed surge = 0 canary: %v", res.Failed(), res.Failures)
+	}
+}
+
+// TestRespawnRules: a crashed worker is respawned into its group's current
+// generation; a crashed worker of a draining generation is not respawned.
+func TestRespawnRules(t *testing.T) {
+	b := build(t)
+	body := func(v string) string {
+		return strings.Replace(workerConfig(b, v, "rolling", 1, 2, "-ignore-sigterm"), `drain_timeout = "10s"`, `drain_timeout = "30s"`, 1)
+	}
+	a := startStandalone(t, b, body("v1"))
+	a.up.await(t, "READY=1", 15*time.Second)
+	a.rewrite(t, body("v2"))
+	out, err := a.reload()
+	if err != nil {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	// Workers that ignore their stop signal keep accepting: the reload
+	// waits for them a bounded time, then says so.
+	if !strings.Contains(out, "still hold the listening sockets after") {
+		t.Errorf("the reload does not name the old workers that keep their listeners:\n%s", out)
+	}
+	st := status(t, a.ctl)
+	draining, serving := workerPIDs(st, "draining"), workerPIDs(st, "ready")
+	if len(draining) != 2 || len(serving) != 2 {
+		t.Fatalf("want 2 draining and 2 serving workers: %+v", st.Groups)
+	}
+
+	// A draining worker that dies is gone for good.
+	syscall.Kill(draining[0], syscall.SIGKILL)
+	testenv.WaitGone(t, draining[:1], 5*time.Second)
+	// A serving worker that dies comes back, in generation 2, as v2.
+	syscall.Kill(serving[0], syscall.SIGKILL)
+	waitFor(t, 10*time.Second, "the crashed worker to be respawned", func() bool {
+		ready := workerPIDs(status(t, a.ctl), "ready")
+		return len(ready) == 2 && !slices.Contains(ready, serving[0])
+	})
+	st = status(t, a.ctl)
+	if got := generations(st, "ready"); fmt.Sprint(got) != fmt.Sprint(map[int]int{0: 2, 1: 2}) {
+		t.Errorf("serving generations %v, want both 2", got)
+	}
+	if got := workerPIDs(st, "draining"); !slices.Equal(got, draining[1:]) {
+		t.Errorf("draining workers %v, want only %v (no respawn of the killed one)", got, draining[1:])
+	}
+	restarts := 0
+	for _, w := range st.Groups[0].Workers {
+		restarts += w.Restarts
+	}
+	if restarts != 1 {
+		t.Errorf("%d restarts in status, want 1", restarts)
+	}
+	// Stop without waiting for the workers that ignore SIGTERM.
+	a.sup.signal(t, syscall.SIGINT)
+	time.Sleep(100 * time.Millisecond)
+	a.sup.signal(t, syscall.SIGINT)
+	a.sup.wait(t, 10*time.Second)
+}

@@ -184,7 +184,7 @@ func (s *Supervisor) awaitOldGeneration(ctx context.Context, pgids []int, progre
 	took := time.Since(start).Round(time.Millisecond)
 	if len(held) > 0 {
 		s.log.Warn("draining workers still hold the listening sockets and may accept connections", "pids", held, "after", took)
-		return fmt.Sprintf(" (note: draining pids %v still hold the listening sockets after %s)", held, took)
+		return fmt.Sprintf(" (note: draining pids %v still hold the listening sockets after %s and may accept connections)", held, took)
 	}
 	if progress != nil {
 		progress(fmt.Sprintf("draining workers stopped accepting after %s", took))
