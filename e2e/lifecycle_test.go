@@ -136,8 +136,7 @@ func TestLaterWorkerFails(t *testing.T) {
 	a.up.await(t, "READY=1", 15*time.Second)
 
 	// Worker 1 of the new generation refuses to start; 0 (the canary) is fine.
-	flaky := strings.Replace(workerConfig(b, "v2", "rolling", 1, 3), "command = [",
-		`command = ["/bin/sh", "-c", "if [ \"$SOCKSHIM_WORKER_ID\" = 1 ]; then echo worker 1 refuses >&2; exit 4; fi; exec \"$0\" \"$@\"", `, 1)
+	flaky := failingWorker(b, "v2", "rolling", 1, 3, 1)
 	res := underLoad(t, load.Options{URL: a.url, Concurrency: 8}, func() {
 		a.rewrite(t, flaky)
 		out, err := a.reload()
@@ -149,12 +148,7 @@ func TestLaterWorkerFails(t *testing.T) {
 				t.Errorf("reload failure lacks %q:\n%s", want, out)
 			}
 		}
-		gens := map[int]int{}
-		for _, w := range status(t, a.ctl).Groups[0].Workers {
-			if w.State == "ready" {
-				gens[w.ID] = w.Generation
-			}
-		}
+		gens := generations(status(t, a.ctl), "ready")
 		if want := map[int]int{0: 2, 1: 1, 2: 1}; fmt.Sprint(gens) != fmt.Sprint(want) {
 			t.Errorf("generation by worker id after the stopped rollout: %v, want %v", gens, want)
 		}
