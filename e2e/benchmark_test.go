@@ -45,7 +45,8 @@ func BenchmarkReport(b *testing.B) {
 	// sockshim; interleaved rounds so drift hits both alike.
 	step("steady state")
 	direct := plainUnit(b, m, bb, "bench-direct", "tracked")
-	shimmed := installAppB(b, m, bb, "bench-shim", workerConfig(bb, "v1", "rolling", 1, 1))
+	shimmed := installApp(b, m, bb, "bench-shim", workerConfig(bb, "v1", "rolling", 1, 1))
+	shimmed.activate(b)
 	var dRes, sRes []*load.Result
 	const rounds = 5
 	for range rounds {
@@ -67,7 +68,8 @@ func BenchmarkReport(b *testing.B) {
 	var plotMarks []time.Duration
 	for _, c := range []struct{ strategy string }{{"rolling"}, {"parallel"}} {
 		step(c.strategy + " reloads")
-		a := installAppB(b, m, bb, "bench-"+c.strategy, workerConfig(bb, "v1", c.strategy, 1, 4))
+		a := installApp(b, m, bb, "bench-"+c.strategy, workerConfig(bb, "v1", c.strategy, 1, 4))
+		a.activate(b)
 		pid := status(b, a.ctl).PID
 		cpu0 := cpuTime(pid)
 		res, serving, gone, marks := reloadSeries(b, m, a, "bench-"+c.strategy, reloads)
@@ -134,14 +136,6 @@ func (r *report) machine() {
 	r.add("# sockshim benchmarks\n\nWritten by `go test ./e2e -run '^$' -bench Report -benchtime 1x` on %s.\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
 	r.add("| machine | |\n|---|---|\n| CPU | %s, %d cores |\n| kernel | %s |\n| Go | %s |\n| systemd | %s |\n| load client | testenv/load, in the benchmark process |\n| race detector | %v |\n\n",
 		model, runtime.NumCPU(), cmd("uname", "-r"), runtime.Version(), cmd("systemctl", "--version"), testenv.RaceEnabled)
-}
-
-// installAppB is installApp for benchmarks (testing.B).
-func installAppB(b *testing.B, m *testenv.Manager, bb bins, name, body string) *app {
-	a := installApp(b, m, bb, name, body)
-	get(b, a.url)
-	m.WaitActive(b, name+".service", 10*time.Second)
-	return a
 }
 
 // plainUnit installs the testworker socket-activated without sockshim.

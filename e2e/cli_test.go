@@ -38,25 +38,11 @@ func sockshimCmd(t *testing.T, b bins, args ...string) (int, string, string) {
 func TestCommandLine(t *testing.T) {
 	b := build(t)
 	dir := t.TempDir()
-	good := filepath.Join(dir, "good.toml")
-	os.WriteFile(good, []byte(`[[listen]]
-name = "http"
-address = "tcp://127.0.0.1:1"
-
-[[worker]]
-command = ["/bin/true"]
-count = 2
-`), 0o644)
-	bad := filepath.Join(dir, "bad.toml")
-	os.WriteFile(bad, []byte(`[[listen]]
-name = "http"
-address = "tcp://127.0.0.1:1"
-
-[[worker]]
-command = ["/bin/true"]
-cont = 2
-drain_timeout = "soon"
-`), 0o644)
+	text := "[[listen]]\nname = \"http\"\naddress = \"tcp://127.0.0.1:1\"\n\n[[worker]]\ncommand = [\"/bin/true\"]\ncount = 2\n"
+	good, bad := filepath.Join(dir, "good.toml"), filepath.Join(dir, "bad.toml")
+	os.WriteFile(good, []byte(text), 0o644)
+	// Two mistakes, on lines 7 and 8.
+	os.WriteFile(bad, []byte(strings.Replace(text, "count = 2", "cont = 2\ndrain_timeout = \"soon\"", 1)), 0o644)
 	badErrs := []string{
 		bad + `:7: worker[0].cont: unknown key (did you mean "count"?)`,
 		bad + `:8: worker[0].drain_timeout:`,

@@ -91,8 +91,7 @@ func TestReloadUnderLoad(t *testing.T) {
 			const count = 3
 			unit := fmt.Sprintf("rl%d", i)
 			a := installApp(t, m, b, unit, workerConfig(b, "v1", c.strategy, c.surge, count))
-			get(t, a.url)
-			m.WaitActive(t, unit+".service", 10*time.Second)
+			a.activate(t)
 
 			var lat []time.Duration
 			res := underLoad(t, load.Options{URL: a.url, Concurrency: 16, KeepAlive: c.keepAlive}, func() {
@@ -212,8 +211,7 @@ func TestFailedCanary(t *testing.T) {
 	b := build(t)
 	m := testenv.StartUserManager(t)
 	a := installApp(t, m, b, "canary", workerConfig(b, "v1", "rolling", 1, 2))
-	get(t, a.url)
-	m.WaitActive(t, "canary.service", 10*time.Second)
+	a.activate(t)
 
 	res := underLoad(t, load.Options{URL: a.url, Concurrency: 8}, func() {
 		a.rewrite(t, workerConfig(b, "v2", "rolling", 1, 2, "-exit-before-ready"))
@@ -253,8 +251,7 @@ func TestDrainTimeoutKills(t *testing.T) {
 		return strings.Replace(workerConfig(b, v, "rolling", 1, 1, "-ignore-sigterm"), `drain_timeout = "10s"`, `drain_timeout = "1s"`, 1)
 	}
 	a := installApp(t, m, b, "stubborn", body("v1"))
-	get(t, a.url)
-	m.WaitActive(t, "stubborn.service", 10*time.Second)
+	a.activate(t)
 	old := workerPIDs(status(t, a.ctl), "ready")
 	a.rewrite(t, body("v2"))
 	start := time.Now()
@@ -274,8 +271,7 @@ func TestReloadStorm(t *testing.T) {
 	b := build(t)
 	m := testenv.StartUserManager(t)
 	a := installApp(t, m, b, "storm", workerConfig(b, "v1", "rolling", 1, 2))
-	get(t, a.url)
-	m.WaitActive(t, "storm.service", 10*time.Second)
+	a.activate(t)
 	a.rewrite(t, workerConfig(b, "v2", "rolling", 1, 2))
 	var wg sync.WaitGroup
 	errs := make(chan error, 20)

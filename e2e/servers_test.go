@@ -74,10 +74,9 @@ func TestGunicorn(t *testing.T) {
 		copyFile(t, filepath.Join("..", "examples", "gunicorn", f), filepath.Join(appDir, f))
 	}
 	a := installApp(t, m, b, "gunicorn", exampleConfig(t, "gunicorn/gunicorn.toml", "/srv/myapp", appDir))
-	if got := get(t, a.url); got.version != "v1" || got.generation != "1" {
+	if got := a.activate(t); got.version != "v1" || got.generation != "1" {
 		t.Fatalf("first answer %+v", got)
 	}
-	m.WaitActive(t, "gunicorn.service", 10*time.Second)
 	res := reloadUnderLoad(t, m, a, "gunicorn", serverReloads, false,
 		func(i int) {
 			if err := os.WriteFile(filepath.Join(appDir, "VERSION"), []byte(fmt.Sprintf("v%d\n", i+1)), 0o644); err != nil {
@@ -135,8 +134,7 @@ func TestLighttpd(t *testing.T) {
 	conf, _ := filepath.Abs("../examples/lighttpd/lighttpd.conf")
 	a := installApp(t, m, b, "lighttpd", exampleConfig(t, "lighttpd/lighttpd.toml",
 		"/etc/sockshim/lighttpd.conf", conf, "/srv/www", docroot))
-	get(t, a.url)
-	m.WaitActive(t, "lighttpd.service", 10*time.Second)
+	a.activate(t)
 	reloadUnderLoad(t, m, a, "lighttpd", serverReloads, false, nil, nil)
 	reloadUnderLoad(t, m, a, "lighttpd", 5, true, nil, nil)
 }
@@ -151,8 +149,7 @@ func TestFileListenerWorker(t *testing.T) {
 		return fmt.Sprintf("[[worker]]\nname = \"fl\"\ncommand = %s\ncount = 2\nready_timeout = \"10s\"\n", tomlList(bin, "-version", v))
 	}
 	a := installApp(t, m, b, "fl", body("v1"))
-	get(t, a.url)
-	m.WaitActive(t, "fl.service", 10*time.Second)
+	a.activate(t)
 	reloadUnderLoad(t, m, a, "fl", serverReloads, false,
 		func(i int) { a.rewrite(t, body(fmt.Sprintf("v%d", i+1))) },
 		func(i int) {

@@ -47,6 +47,15 @@ TimeoutStopSec=30
 	return a
 }
 
+// activate sends the first request, which makes systemd start the service,
+// and returns its answer once the service is active.
+func (a *app) activate(t testing.TB) answer {
+	t.Helper()
+	first := get(t, a.url)
+	a.m.WaitActive(t, a.name+".service", 10*time.Second)
+	return first
+}
+
 // TestSystemdSocketActivated is the core path through a real systemd: the
 // first connection activates the service, generation 1 serves from worker
 // ids 0…count-1, systemctl status shows sockshim's STATUS, and stop drains
@@ -66,11 +75,9 @@ drain_timeout = "5s"
 	if state := m.Show(t, "hello.service", "ActiveState"); state != "inactive" {
 		t.Fatalf("service %s before the first connection; want inactive (socket activation)", state)
 	}
-	first := get(t, a.url) // activates the service and waits for an answer
-	if first.generation != "1" || first.version != "v1" {
+	if first := a.activate(t); first.generation != "1" || first.version != "v1" {
 		t.Fatalf("first answer %+v, want generation 1, v1", first)
 	}
-	m.WaitActive(t, "hello.service", 10*time.Second)
 	mainPID := m.MainPID(t, "hello.service")
 
 	st := status(t, a.ctl)
