@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -12,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sockshim/sockshim/testenv"
 )
 
 // sockshimCmd runs the sockshim binary and returns its exit code, stdout
@@ -106,5 +109,71 @@ func TestEmbeddedDefault(t *testing.T) {
 	sup.signal(t, syscall.SIGTERM)
 	if err := sup.wait(t, 15*time.Second); err != nil {
 		t.Errorf("sockshim exit: %v", err)
+	}
+}
+
+// TestUnprivileged: a user without a login session (no XDG_RUNTIME_DIR, no
+// write access to /run) runs sockshim, and `sockshim status` finds it.
+func TestUnprivileged(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Fatal("this test runs sockshim as nobody and needs root")
+	}
+	b := build(t)
+	dir, err := os.MkdirTemp("", "sockshim-unprivileged-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir); os.RemoveAll(filepath.Join(os.TempDir(), "sockshim-65534")) })
+	os.Chmod(dir, 0o755)
+	port := testenv.FreePort(t)
+	cfg := filepath.Join(dir, "app.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("[[listen]]\nname = \"http\"\naddress = \"tcp://127.0.0.1:%d\"\n%s",
+		port, workerConfig(b, "v1", "rolling", 1, 2))), 0o644)
+
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "XDG_RUNTIME_DIR=") && !strings.HasPrefix(kv, "NOTIFY_SOCKET=") {
+			env = append(env, kv)
+		}
+	}
+	nobody := &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	sup := exec.Command(b.sockshim, "run", "-c", cfg)
+	sup.Env, sup.SysProcAttr = env, nobody
+	var log bytes.Buffer
+	sup.Stdout, sup.Stderr = &log, &log
+	if err := sup.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- sup.Wait() }()
+	t.Cleanup(func() {
+		sup.Process.Kill()
+		<-done
+		if t.Failed() {
+			t.Logf("sockshim output:\n%s", log.String())
+		}
+	})
+
+	waitFor(t, 15*time.Second, "`sockshim status` as nobody to answer", func() bool {
+		st := exec.Command(b.sockshim, "status", "-c", cfg)
+		st.Env, st.SysProcAttr = env, nobody
+		out, err := st.CombinedOutput()
+		return err == nil && strings.Contains(string(out), "tw 2/2 ready")
+	})
+	if got := get(t, fmt.Sprintf("http://127.0.0.1:%d/", port)); got.version != "v1" {
+		t.Errorf("answer %+v", got)
+	}
+	if _, err := os.Stat(filepath.Join(os.TempDir(), "sockshim-65534", "app.sock")); err != nil {
+		t.Errorf("control socket not where an unprivileged user's commands look: %v", err)
+	}
+	sup.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-done:
+		done <- err
+		if err != nil {
+			t.Errorf("sockshim as nobody exited with %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Errorf("sockshim as nobody did not stop within 15s of SIGTERM")
 	}
 }

@@ -3,14 +3,16 @@ package control
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
 // SocketPath is where the supervisor of configFile listens and where the
 // reload and status commands look for it: the config's [control] socket if
-// set, else /run/sockshim/NAME.sock for root or
-// $XDG_RUNTIME_DIR/sockshim/NAME.sock for anyone else, NAME being the config
-// file's base name without extension.
+// set, else /run/sockshim/NAME.sock for root, and for anyone else
+// $XDG_RUNTIME_DIR/sockshim/NAME.sock or, without XDG_RUNTIME_DIR,
+// /tmp/sockshim-UID/NAME.sock; NAME is the config file's base name without
+// extension.
 //
 // It deliberately ignores systemd's RUNTIME_DIRECTORY: an operator's shell
 // does not have it, and `sockshim status -c /etc/sockshim/myapp.toml` typed
@@ -24,9 +26,14 @@ func SocketPath(configFile, configured string) string {
 		name = "default"
 	}
 	dir := "/run/sockshim"
-	if os.Getuid() != 0 {
+	if uid := os.Getuid(); uid != 0 {
 		if xdg := os.Getenv("XDG_RUNTIME_DIR"); xdg != "" {
 			dir = filepath.Join(xdg, "sockshim")
+		} else {
+			// No login session (su, a container): /run is root's, so a
+			// directory of this user's own under /tmp; Listen checks that
+			// nobody else owns it.
+			dir = filepath.Join(os.TempDir(), "sockshim-"+strconv.Itoa(uid))
 		}
 	}
 	return filepath.Join(dir, name+".sock")

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -34,8 +35,18 @@ type Server struct {
 // Listen creates the control socket at path with mode 0600, creating its
 // directory (0755) if needed and replacing a stale socket file.
 func Listen(path string, log *slog.Logger) (*Server, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("control socket directory: %w", err)
+	}
+	// A directory someone else owns could be swapped under us; the socket
+	// file's mode alone would not protect it.
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("control socket directory: %w", err)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && int(st.Uid) != os.Getuid() {
+		return nil, fmt.Errorf("control socket directory %s belongs to uid %d, not to root or sockshim's uid %d", dir, st.Uid, os.Getuid())
 	}
 	if err := removeStale(path); err != nil {
 		return nil, err
