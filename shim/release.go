@@ -22,7 +22,10 @@ import (
 // server may legitimately keep its listeners until its last request is done.
 const (
 	releaseTimeout = 2 * time.Second
-	releasePoll    = 5 * time.Millisecond
+	// Polls start fast, since a worker usually lets go within milliseconds,
+	// and slow down, since each one reads /proc/*/stat of the whole host.
+	releaseFirstPoll = 2 * time.Millisecond
+	releaseMaxPoll   = 100 * time.Millisecond
 )
 
 // socketIDs returns the sockets as /proc/PID/fd links name them
@@ -53,7 +56,7 @@ func socketIDs(socks []handoff.Socket) (map[string]bool, error) {
 // or until timeout. It returns the pids still holding one.
 func awaitRelease(ctx context.Context, pgids []int, sockets map[string]bool, timeout time.Duration) []int {
 	deadline := time.Now().Add(timeout)
-	for {
+	for poll := releaseFirstPoll; ; poll = min(2*poll, releaseMaxPoll) {
 		held := holders(pgids, sockets)
 		if len(held) == 0 || time.Now().After(deadline) {
 			return held
@@ -61,7 +64,7 @@ func awaitRelease(ctx context.Context, pgids []int, sockets map[string]bool, tim
 		select {
 		case <-ctx.Done():
 			return held
-		case <-time.After(releasePoll):
+		case <-time.After(min(poll, time.Until(deadline))):
 		}
 	}
 }
