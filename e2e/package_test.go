@@ -296,6 +296,50 @@ func TestPackageInstall(t *testing.T) {
 	}
 }
 
+// TestPackageChroot: where no systemd runs (a chroot, an image build), the
+// maintainer scripts install, upgrade and purge without error and start
+// nothing.
+func TestPackageChroot(t *testing.T) {
+	v1 := buildPackages(t, "0.1.0~test1")
+	v2 := buildPackages(t, "0.1.0~test2")
+	_, root := testenv.ScratchRoot(t, testenv.DebianRoot(t))
+	apt := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command("chroot", append([]string{root, "/usr/bin/env", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+			"DEBIAN_FRONTEND=noninteractive", "apt-get", "-y"}, args...)...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("apt-get %v in a chroot: %v\n%s", args, err, out)
+		}
+		for _, bad := range []string{"System has not been booted", "Failed to connect to bus", "sockshim:"} {
+			if strings.Contains(string(out), bad) {
+				t.Errorf("apt-get %v in a chroot said %q:\n%s", args, bad, out)
+			}
+		}
+		return string(out)
+	}
+	for _, p := range []packages{v1, v2} {
+		copyFile(t, p.deb, filepath.Join(root, "root", filepath.Base(p.deb)))
+	}
+	apt("install", "/root/"+filepath.Base(v1.deb))
+	apt("install", "/root/"+filepath.Base(v2.deb)) // an upgrade: postinst would reload instances
+	if _, err := os.Stat(filepath.Join(root, "usr/bin/sockshim")); err != nil {
+		t.Errorf("not installed: %v", err)
+	}
+	// Nothing may run from the chroot: no sockshim was started.
+	exe := filepath.Join(root, "usr/bin/sockshim")
+	procs, _ := filepath.Glob("/proc/[0-9]*/exe")
+	for _, p := range procs {
+		if target, _ := os.Readlink(p); strings.HasPrefix(target, exe) {
+			t.Errorf("%s runs %s", p, target)
+		}
+	}
+	apt("purge", "sockshim")
+	if _, err := os.Stat(exe); err == nil {
+		t.Errorf("%s left after purge", exe)
+	}
+}
+
 // listFiles lists every path under root except the volatile trees.
 func listFiles(t *testing.T, root string) []string {
 	var out []string

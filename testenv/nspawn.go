@@ -95,18 +95,27 @@ type Container struct {
 	done    chan struct{}
 }
 
+// ScratchRoot copies the root base to a directory of the test's own, in
+// dir/root, and removes it all at cleanup.
+func ScratchRoot(t testing.TB, base string) (dir, root string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("/var/tmp", "sockshim-root-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	root = filepath.Join(dir, "root")
+	if out, err := exec.Command("cp", "-a", "--reflink=auto", base, root).CombinedOutput(); err != nil {
+		t.Fatalf("testenv: copying the root: %v\n%s", err, out)
+	}
+	return dir, root
+}
+
 // BootContainer copies base to a scratch root and boots it. Cleanup halts it
 // and removes the copy.
 func BootContainer(t testing.TB, base string) *Container {
 	t.Helper()
-	dir, err := os.MkdirTemp("/var/tmp", "sockshim-nspawn-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	root := filepath.Join(dir, "root")
-	if out, err := exec.Command("cp", "-a", "--reflink=auto", base, root).CombinedOutput(); err != nil {
-		t.Fatalf("testenv: copying the root: %v\n%s", err, out)
-	}
+	dir, root := ScratchRoot(t, base)
 	c := &Container{Root: root, logPath: filepath.Join(dir, "console.log"), done: make(chan struct{})}
 	logf, err := os.Create(c.logPath)
 	if err != nil {
@@ -140,7 +149,6 @@ func BootContainer(t testing.TB, base string) *Container {
 			}
 			<-c.done
 		}
-		os.RemoveAll(dir)
 	})
 
 	deadline := time.Now().Add(60 * time.Second)
