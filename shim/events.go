@@ -1,6 +1,8 @@
 package shim
 
 import (
+	"time"
+
 	"github.com/sockshim/sockshim/shim/control"
 	"github.com/sockshim/sockshim/shim/notify"
 )
@@ -51,6 +53,14 @@ type stopRequested struct{ force bool }
 // reloadRequested: a caller wants a reload (control socket or SIGHUP).
 type reloadRequested struct{ w *reloadWaiter }
 
+// releaseDone: the workers draining at the end of a reload have closed the
+// listening sockets, or the wait for that ended with held still holding one.
+type releaseDone struct {
+	r    *reloadRun
+	held []int
+	took time.Duration
+}
+
 // statusRequested: a caller wants a snapshot.
 type statusRequested struct{ reply chan control.Status }
 
@@ -58,6 +68,7 @@ type statusRequested struct{ reply chan control.Status }
 type watchdogTick struct{}
 
 func (reloadRequested) isEvent() {}
+func (releaseDone) isEvent()     {}
 func (statusRequested) isEvent() {}
 func (watchdogTick) isEvent()    {}
 func (exited) isEvent()          {}

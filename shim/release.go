@@ -1,7 +1,6 @@
 package shim
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"slices"
@@ -54,18 +53,14 @@ func socketIDs(socks []handoff.Socket) (map[string]bool, error) {
 // awaitRelease waits until no process in the process groups pgids (the
 // draining workers and their children) holds one of the listening sockets,
 // or until timeout. It returns the pids still holding one.
-func awaitRelease(ctx context.Context, pgids []int, sockets map[string]bool, timeout time.Duration) []int {
+func awaitRelease(pgids []int, sockets map[string]bool, timeout time.Duration) []int {
 	deadline := time.Now().Add(timeout)
 	for poll := releaseFirstPoll; ; poll = min(2*poll, releaseMaxPoll) {
 		held := holders(pgids, sockets)
 		if len(held) == 0 || time.Now().After(deadline) {
 			return held
 		}
-		select {
-		case <-ctx.Done():
-			return held
-		case <-time.After(min(poll, time.Until(deadline))):
-		}
+		time.Sleep(min(poll, time.Until(deadline)))
 	}
 }
 

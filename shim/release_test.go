@@ -1,7 +1,6 @@
 package shim
 
 import (
-	"context"
 	"net"
 	"os"
 	"os/exec"
@@ -64,12 +63,12 @@ func TestAwaitRelease(t *testing.T) {
 		t.Errorf("a process of another group counted: %v", held)
 	}
 
-	if got := awaitRelease(context.Background(), []int{pgid}, ids, 50*time.Millisecond); len(got) != 2 {
+	if got := awaitRelease([]int{pgid}, ids, 50*time.Millisecond); len(got) != 2 {
 		t.Errorf("awaitRelease with holders left returned %v", got)
 	}
 	syscall.Kill(-pgid, syscall.SIGKILL)
 	start := time.Now()
-	if got := awaitRelease(context.Background(), []int{pgid}, ids, 5*time.Second); len(got) != 0 {
+	if got := awaitRelease([]int{pgid}, ids, 5*time.Second); len(got) != 0 {
 		t.Errorf("awaitRelease after the group died returned %v", got)
 	}
 	if took := time.Since(start); took > 2*time.Second {

@@ -39,9 +39,8 @@ type reloadWaiter struct {
 }
 
 type reloadResult struct {
-	message  string
-	err      error
-	draining []int // pids of the workers draining when it ended
+	message string
+	err     error
 }
 
 // reloadRun is the reload in progress.
@@ -55,6 +54,9 @@ type reloadRun struct {
 	notes    []string // things the operator should know, e.g. ignored changes
 	removed  []*group // groups gone from the config, retired on success
 	added    []*group // groups new in the config, dropped on failure
+	// result is set once the workers are settled; the reload is answered
+	// when the draining ones have let go of the sockets (release.go).
+	result *reloadResult
 }
 
 // rollout replaces one group's workers.
@@ -340,18 +342,19 @@ func (s *Supervisor) oldestGen(g *group) int {
 	return gen
 }
 
+// finishReload settles the outcome once every group's rollout has ended,
+// then waits, off the state goroutine, for the draining workers to stop
+// accepting before it answers (see release.go).
 func (s *Supervisor) finishReload() {
 	r := s.reload
-	s.reload = nil
 	took := s.now().Sub(r.started).Round(time.Millisecond)
-	var res reloadResult
+	res := &reloadResult{}
 	if len(r.failures) == 0 {
 		s.cfg = r.cfg
 		for _, g := range r.removed {
 			s.retire(g)
 		}
 		res.message = fmt.Sprintf("generation %d serving (%s) after %s", r.gen, s.statusLine(), took)
-		res.draining = s.drainingPIDs()
 		s.log.Info("reload done", "generation", r.gen, "took", took)
 	} else {
 		for _, g := range r.added {
@@ -366,9 +369,43 @@ func (s *Supervisor) finishReload() {
 		res.message += " (note: " + strings.Join(r.notes, "; ") + ")"
 		s.log.Warn("reload notes", "notes", r.notes)
 	}
+	r.result = res
+
+	pgids := s.drainingPIDs()
+	if len(pgids) == 0 || s.socketIDs == nil {
+		s.completeReload(r)
+		return
+	}
+	ids := s.socketIDs
+	go func() {
+		start := time.Now()
+		held := awaitRelease(pgids, ids, releaseTimeout)
+		s.post(releaseDone{r: r, held: held, took: time.Since(start)})
+	}()
+}
+
+func (s *Supervisor) onReleaseDone(ev releaseDone) {
+	r := ev.r
+	if s.reload != r {
+		return // answered by a stop meanwhile
+	}
+	took := ev.took.Round(time.Millisecond)
+	if len(ev.held) > 0 {
+		s.log.Warn("draining workers still hold the listening sockets and may accept connections", "pids", ev.held, "after", took)
+		r.result.message += fmt.Sprintf(" (note: draining pids %v still hold the listening sockets after %s and may accept connections)", ev.held, took)
+	} else {
+		r.progress("draining workers stopped accepting after %s", took)
+	}
+	s.completeReload(r)
+}
+
+// completeReload answers the reload's callers, tells systemd it is over,
+// and starts the reload that requests made meanwhile are waiting for.
+func (s *Supervisor) completeReload(r *reloadRun) {
+	s.reload = nil
 	s.notifyUp("READY=1", "STATUS="+s.statusLine())
 	for _, w := range r.waiters {
-		w.result <- res
+		w.result <- *r.result
 	}
 	if pending := s.pending; len(pending) > 0 && !s.stopping {
 		s.pending = nil
@@ -414,7 +451,14 @@ func (s *Supervisor) abortReload(err error) {
 	waiters := s.pending
 	s.pending = nil
 	if r := s.reload; r != nil {
-		waiters = append(waiters, r.waiters...)
+		if r.result != nil {
+			// Settled, only waiting for old workers to let go: it did end.
+			for _, w := range r.waiters {
+				w.result <- *r.result
+			}
+		} else {
+			waiters = append(waiters, r.waiters...)
+		}
 		for _, g := range s.groups {
 			if g.rollout != nil {
 				for _, p := range g.rollout.pending() {

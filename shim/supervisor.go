@@ -163,9 +163,6 @@ func (s *Supervisor) Reload(ctx context.Context, progress func(string)) (string,
 					progress(line)
 				}
 			}
-			if r.err == nil && len(r.draining) > 0 && s.socketIDs != nil {
-				r.message += s.awaitOldGeneration(ctx, r.draining, progress)
-			}
 			return r.message, r.err
 		case <-s.done:
 			return "", fmt.Errorf("sockshim stopped before the reload ended")
@@ -173,23 +170,6 @@ func (s *Supervisor) Reload(ctx context.Context, progress func(string)) (string,
 			return "", ctx.Err()
 		}
 	}
-}
-
-// awaitOldGeneration waits, on the caller's goroutine, until the draining
-// workers have closed their copies of the listening sockets (see
-// release.go), and returns a note for the reload's answer if they did not.
-func (s *Supervisor) awaitOldGeneration(ctx context.Context, pgids []int, progress func(string)) string {
-	start := time.Now()
-	held := awaitRelease(ctx, pgids, s.socketIDs, releaseTimeout)
-	took := time.Since(start).Round(time.Millisecond)
-	if len(held) > 0 {
-		s.log.Warn("draining workers still hold the listening sockets and may accept connections", "pids", held, "after", took)
-		return fmt.Sprintf(" (note: draining pids %v still hold the listening sockets after %s and may accept connections)", held, took)
-	}
-	if progress != nil {
-		progress(fmt.Sprintf("draining workers stopped accepting after %s", took))
-	}
-	return ""
 }
 
 // Status returns a snapshot of the supervisor's state.
@@ -274,6 +254,8 @@ func (s *Supervisor) handle(ev event) {
 		s.beginStop(ev.force)
 	case reloadRequested:
 		s.onReloadRequest(ev.w)
+	case releaseDone:
+		s.onReleaseDone(ev)
 	case statusRequested:
 		ev.reply <- s.snapshot()
 	case watchdogTick:
