@@ -318,3 +318,28 @@ func writeResults(t *testing.T, name, text string) {
 		t.Errorf("writing results: %v", err)
 	}
 }
+
+// TestLongReloadExtendsTimeout: a reload that makes progress may take longer
+// than the unit's TimeoutStartSec= (which bounds ExecReload=): every worker
+// that becomes ready sends EXTEND_TIMEOUT_USEC, and systemd waits.
+func TestLongReloadExtendsTimeout(t *testing.T) {
+	b := build(t)
+	m := testenv.StartUserManager(t)
+	slow := func(v string) string {
+		return workerConfig(b, v, "rolling", 1, 4, "-start-delay", "800ms")
+	}
+	a := installApp(t, m, b, "slow", slow("v1"))
+	m.WriteUnit(t, "slow.service.d/timeout.conf", "[Service]\nTimeoutStartSec=2\n")
+	a.activate(t)
+	a.rewrite(t, slow("v2"))
+	start := time.Now()
+	if out, err := m.Systemctl("reload", "slow.service"); err != nil {
+		t.Fatalf("a reload making progress failed after %s: %v\n%s", time.Since(start).Round(time.Millisecond), err, out)
+	}
+	took := time.Since(start)
+	if took < 3*time.Second {
+		t.Fatalf("the reload took %s; the test needs it to outlast TimeoutStartSec=2 to mean anything", took)
+	}
+	checkGeneration(t, a, 2, 4)
+	t.Logf("reload of 4 workers, 800 ms each, took %s under TimeoutStartSec=2", took.Round(time.Millisecond))
+}
