@@ -138,3 +138,24 @@ drain_timeout = "5s"
 		t.Errorf("port still accepting after stop")
 	}
 }
+
+// TestWatchdogUnderSystemd: with WatchdogSec= set, sockshim keeps a real
+// systemd's watchdog fed; the service outlives several periods unharmed.
+func TestWatchdogUnderSystemd(t *testing.T) {
+	b := build(t)
+	m := testenv.StartUserManager(t)
+	a := installApp(t, m, b, "dog", workerConfig(b, "v1", "rolling", 1, 1))
+	m.WriteUnit(t, "dog.service.d/watchdog.conf", "[Service]\nWatchdogSec=1\nRestart=on-failure\n")
+	a.activate(t)
+	pid := m.MainPID(t, "dog.service")
+	time.Sleep(3500 * time.Millisecond)
+	if got := m.MainPID(t, "dog.service"); got != pid {
+		t.Errorf("MainPID %d after 3.5 s with WatchdogSec=1, was %d: the watchdog fired", got, pid)
+	}
+	if n := m.Show(t, "dog.service", "NRestarts"); n != "0" {
+		t.Errorf("NRestarts=%s", n)
+	}
+	if !strings.Contains(m.Log(), "watchdog enabled") {
+		t.Errorf("sockshim did not see WATCHDOG_USEC")
+	}
+}
