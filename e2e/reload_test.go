@@ -343,3 +343,34 @@ func TestLongReloadExtendsTimeout(t *testing.T) {
 	checkGeneration(t, a, 2, 4)
 	t.Logf("reload of 4 workers, 800 ms each, took %s under TimeoutStartSec=2", took.Round(time.Millisecond))
 }
+
+// TestRestartUnderLoad: `systemctl restart` replaces sockshim and every
+// worker, reloadable or not; with the socket held by systemd and workers that
+// drain, clients still see no failure, only a pause.
+func TestRestartUnderLoad(t *testing.T) {
+	b := build(t)
+	m := testenv.StartUserManager(t)
+	a := installApp(t, m, b, "restart", workerConfig(b, "v1", "rolling", 1, 2)+"reloadable = false\n")
+	// Restarts count against the start limit (5 in 10 s by default).
+	m.WriteUnit(t, "restart.service.d/limit.conf", "[Unit]\nStartLimitIntervalSec=0\n")
+	a.activate(t)
+	const restarts = 10
+	var pids []int
+	res := underLoad(t, load.Options{URL: a.url, Concurrency: 16}, func() {
+		for range restarts {
+			pids = append(pids, m.MainPID(t, "restart.service"))
+			m.MustSystemctl(t, "restart", "restart.service")
+		}
+	})
+	t.Logf("%d restarts of sockshim: %s", restarts, res)
+	if res.Failed() != 0 {
+		t.Errorf("%d failed requests during %d restarts: %v %v", res.Failed(), restarts, res.Failures, res.Examples)
+	}
+	slices.Sort(pids)
+	if len(slices.Compact(pids)) != restarts {
+		t.Errorf("supervisor pids %v: not a new sockshim per restart", pids)
+	}
+	if st := status(t, a.ctl); st.Generation != 1 {
+		t.Errorf("a restarted sockshim runs generation %d, want 1", st.Generation)
+	}
+}
