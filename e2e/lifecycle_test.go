@@ -380,8 +380,17 @@ func TestParallelFailureRollsBack(t *testing.T) {
 			t.Errorf("reload: %v\n%s", err, out)
 		}
 	})
-	if res.Failed() != 0 || res.Versions["v2"] != 0 {
-		t.Errorf("%d failed requests, %d answers from the rolled-back generation", res.Failed(), res.Versions["v2"])
+	if res.Failed() != 0 {
+		t.Errorf("%d failed requests around a rolled-back parallel reload: %v", res.Failed(), res.Failures)
+	}
+	// New workers accept as soon as they listen, so some requests may have
+	// been answered by v2 while the reload ran; once it has ended, the
+	// rolled-back workers have let go of the socket.
+	t.Logf("answers by version during the reload: %v", res.Versions)
+	for range 20 {
+		if got := get(t, a.url); got.version != "v1" {
+			t.Fatalf("answer %+v after the rollback", got)
+		}
 	}
 	st := status(t, a.ctl)
 	if got := workerPIDs(st, "ready"); !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(old))) {
