@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -219,12 +218,12 @@ func TestFailedCanary(t *testing.T) {
 			t.Errorf("systemctl reload succeeded with a crashing canary:\n%s", out)
 		}
 		// The same through sockshim reload, to see the reason it gives.
-		out, err := exec.Command(b.sockshim, "reload", "-c", a.cfgPath).CombinedOutput()
+		out, err := a.reload()
 		if err == nil {
 			t.Errorf("sockshim reload exited 0 with a crashing canary")
 		}
 		for _, want := range []string{"tw[0]", "exit status 3", "before it was ready", "rolled back", "generation 1 keeps serving"} {
-			if !strings.Contains(string(out), want) {
+			if !strings.Contains(out, want) {
 				t.Errorf("reload failure message lacks %q:\n%s", want, out)
 			}
 		}
@@ -279,7 +278,7 @@ func TestReloadStorm(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if out, err := exec.Command(b.sockshim, "reload", "-c", a.cfgPath).CombinedOutput(); err != nil {
+			if out, err := a.reload(); err != nil {
 				errs <- fmt.Errorf("%v: %s", err, out)
 			}
 		}()
