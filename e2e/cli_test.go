@@ -46,6 +46,8 @@ func TestCommandLine(t *testing.T) {
 	os.WriteFile(good, []byte(text), 0o644)
 	// Two mistakes, on lines 7 and 8.
 	os.WriteFile(bad, []byte(strings.Replace(text, "count = 2", "cont = 2\ndrain_timeout = \"soon\"", 1)), 0o644)
+	longCtl := filepath.Join(dir, "long.toml")
+	os.WriteFile(longCtl, []byte(text+fmt.Sprintf("[control]\nsocket = %q\n", "/tmp/"+strings.Repeat("x", 120)+".sock")), 0o644)
 	badErrs := []string{
 		bad + `:7: worker[0].cont: unknown key (did you mean "count"?)`,
 		bad + `:8: worker[0].drain_timeout:`,
@@ -67,6 +69,7 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"check", "-c", filepath.Join(dir, "missing.toml")}, 1, nil, []string{"missing.toml: no such file"}},
 		// A supervisor with a bad config never starts anything.
 		{[]string{"run", "-c", bad}, 1, nil, badErrs},
+		{[]string{"run", "-c", longCtl}, 1, nil, []string{"longer than a unix socket address allows (107); set a shorter [control] socket"}},
 		{[]string{"reload", "-c", good}, 1, nil, []string{"is it running with this config?"}},
 		{[]string{"status", "-c", good}, 1, nil, []string{"is it running with this config?"}},
 	} {

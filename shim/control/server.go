@@ -35,6 +35,12 @@ type Server struct {
 // Listen creates the control socket at path with mode 0600, creating its
 // directory (0755) if needed and replacing a stale socket file.
 func Listen(path string, log *slog.Logger) (*Server, error) {
+	// sun_path holds 108 bytes with its terminating NUL; bind would only
+	// say "invalid argument".
+	if len(path) >= len(unix.RawSockaddrUnix{}.Path) {
+		return nil, fmt.Errorf("control socket path %s is %d bytes, longer than a unix socket address allows (%d); set a shorter [control] socket",
+			path, len(path), len(unix.RawSockaddrUnix{}.Path)-1)
+	}
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("control socket directory: %w", err)
