@@ -473,3 +473,70 @@ func TestRespawnRules(t *testing.T) {
 	a.sup.signal(t, syscall.SIGINT)
 	a.sup.wait(t, 10*time.Second)
 }
+
+// TestReadyCommandEnvDir: with ready = "command" the probe, not the worker's
+// own READY=1, decides readiness; the probe sees which worker it checks; the
+// worker runs in dir with env added.
+func TestReadyCommandEnvDir(t *testing.T) {
+	b := build(t)
+	a := startStandalone(t, b, fmt.Sprintf(`
+[[worker]]
+name = "tw"
+command = ["/bin/sh", "-c", "echo \"$APP_GREETING $(pwd)\" > env.$$; exec \"$0\" \"$@\"", %q, "-version", "v1"]
+ready = "command"
+ready_command = ["/bin/sh", "-c", "test -e FDDIR/go.$SOCKSHIM_WORKER_PID"]
+ready_timeout = "20s"
+env = { APP_GREETING = "hello" }
+dir = "FDDIR"
+`, b.testworker))
+	// The testworker sends READY=1 at once; it must not count.
+	var pid int
+	waitFor(t, 10*time.Second, "the worker to start", func() bool {
+		r, err := control.Call(a.ctl, control.Request{Command: "status"}, nil)
+		if err != nil {
+			return false // not listening yet
+		}
+		if pids := workerPIDs(r.Status, "starting"); len(pids) == 1 {
+			pid = pids[0]
+		}
+		return pid != 0
+	})
+	time.Sleep(time.Second)
+	if st := status(t, a.ctl); len(workerPIDs(st, "ready")) != 0 {
+		t.Fatalf("worker ready before its ready_command succeeded: %s", st.Line)
+	}
+	if err := os.WriteFile(filepath.Join(a.fdDir, fmt.Sprintf("go.%d", pid)), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a.up.await(t, "READY=1", 5*time.Second)
+	got, err := os.ReadFile(filepath.Join(a.fdDir, fmt.Sprintf("env.%d", pid)))
+	if want := "hello " + a.fdDir + "\n"; err != nil || string(got) != want {
+		t.Errorf("worker saw %q (%v), want %q: env or dir not applied", got, err, want)
+	}
+}
+
+// TestReadyTimeout: a worker whose ready_command never succeeds is stopped
+// at ready_timeout, with the probe's last output in the log, and its slot
+// gets a new worker after a backoff: never an empty slot.
+func TestReadyTimeout(t *testing.T) {
+	b := build(t)
+	a := startStandalone(t, b, fmt.Sprintf(`
+[[worker]]
+name = "tw"
+command = %s
+ready = "command"
+ready_command = ["/bin/sh", "-c", "echo backend unreachable; exit 1"]
+ready_timeout = "1s"
+drain_timeout = "2s"
+`, tomlList(b.testworker, "-version", "v1")))
+	a.sup.awaitLog(t, "worker not ready within ready_timeout, stopping it")
+	a.sup.awaitLog(t, "ready_command never succeeded")
+	a.sup.awaitLog(t, "backend unreachable")
+	a.sup.awaitLog(t, `reason="not ready within ready_timeout (1s)"`)
+	waitFor(t, 10*time.Second, "the slot to get a new worker", func() bool {
+		return strings.Count(a.sup.log.String(), `msg="worker started"`) >= 2
+	})
+	if st := status(t, a.ctl); len(workerPIDs(st, "ready")) != 0 {
+		t.Errorf("a worker is ready though its probe always fails: %s", st.Line)
+	}
+}

@@ -38,10 +38,11 @@ func (s *Supervisor) watchReadiness(w *worker) {
 // probeLoop runs the ready_command until it exits 0 or the ready_timeout
 // passes. The probe sees which worker it is checking, so a probe can target
 // one worker (say, by its pid) rather than whichever worker accepts first.
-// The loop ends early when the state goroutine cancels ctx (the worker became
-// ready, exited or timed out).
+// The loop ends when ctx does (the ready_timeout passed, or the state
+// goroutine gave up on the worker) and then logs why the last run failed.
 func (s *Supervisor) probeLoop(ctx context.Context, w *worker, argv []string) {
-	var last string
+	var lastErr error
+	var lastOut string
 	for {
 		cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 		cmd.Env = append(publicEnv(s.baseEnv),
@@ -55,15 +56,21 @@ func (s *Supervisor) probeLoop(ctx context.Context, w *worker, argv []string) {
 			s.post(probed{w: w})
 			return
 		}
-		last = strings.TrimSpace(string(out))
-		if ctx.Err() != nil {
-			// The ready_timeout event reports the failure; this adds why.
-			s.log.Warn("ready_command never succeeded", "worker", w, "pid", w.pid, "err", err, "output", last)
-			return
+		if ctx.Err() == nil {
+			// A run cut short by the deadline says nothing about the worker.
+			lastErr, lastOut = err, strings.TrimSpace(string(out))
 		}
 		select {
 		case <-time.After(probeInterval):
 		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			if lastErr != nil {
+				// The ready_timeout (or exit) event reports the failure;
+				// this adds why the probe kept failing.
+				s.log.Warn("ready_command never succeeded", "worker", w, "pid", w.pid, "err", lastErr, "output", lastOut)
+			}
+			return
 		}
 	}
 }

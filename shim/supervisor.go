@@ -303,7 +303,13 @@ func (s *Supervisor) onNotify(w *worker, m notify.Message) {
 		w.status = st
 	}
 	if m.Ready() && w.state == starting {
-		s.markReady(w)
+		// The config says who decides readiness: a server that notifies
+		// too early (before its app is loaded) is why "command" exists.
+		if w.cfg.Ready == config.ReadyNotify {
+			s.markReady(w)
+		} else {
+			s.log.Debug("READY=1 from the worker ignored", "worker", w, "pid", w.pid, "ready", w.cfg.Ready)
+		}
 	}
 }
 
@@ -370,7 +376,10 @@ func (s *Supervisor) onExit(ev exited) {
 		g.draining = append(g.draining[:i], g.draining[i+1:]...)
 	}
 	s.forgetRetired()
-	if prev == draining {
+	// A drained worker is done, unless it was drained because it never
+	// became ready: its slot still waits for one that works.
+	inSlot := w.id < len(g.slots) && g.slots[w.id].cur == w
+	if prev == draining && !inSlot {
 		s.log.Info("worker exited", "worker", w, "pid", w.pid, "generation", w.gen, "status", ev.status)
 		return
 	}
@@ -385,11 +394,11 @@ func (s *Supervisor) onExit(ev exited) {
 		s.rolloutFailed(g, w)
 		return
 	}
-	sl := g.slots[w.id]
-	if sl.cur != w || s.stopping {
+	if !inSlot || s.stopping {
 		s.log.Info("worker exited", "worker", w, "pid", w.pid, "generation", w.gen, "status", ev.status)
 		return
 	}
+	sl := g.slots[w.id]
 	sl.cur = nil
 	if prev == ready && s.now().Sub(w.readyAt) >= stableAfter {
 		sl.failures = 0
@@ -399,10 +408,13 @@ func (s *Supervisor) onExit(ev exited) {
 	d := backoff(sl.failures)
 	attrs := []any{"worker", w, "pid", w.pid, "generation", w.gen, "status", ev.status,
 		"ran", s.now().Sub(w.started).Round(time.Millisecond), "restart_in", d, "consecutive_failures", sl.failures}
-	if w.killed != "" {
+	switch {
+	case w.killed != "":
 		attrs = append(attrs, "reason", w.killed)
+	case prev == draining:
+		attrs = append(attrs, "reason", w.failure)
 	}
-	if prev == starting && len(ev.tail) > 0 {
+	if prev != ready && len(ev.tail) > 0 {
 		attrs = append(attrs, "stderr_tail", ev.tail)
 	}
 	s.log.Error("worker exited unexpectedly", attrs...)
