@@ -415,7 +415,7 @@ func (s *Supervisor) completeReload(r *reloadRun) {
 
 func (s *Supervisor) drainingPIDs() []int {
 	var pids []int
-	for _, g := range append(s.groups, s.retired...) {
+	for _, g := range s.allGroups() {
 		for _, w := range g.draining {
 			if w.live() {
 				pids = append(pids, w.pid)

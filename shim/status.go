@@ -20,7 +20,7 @@ func (s *Supervisor) statusLine() string {
 	}
 	var parts, problems []string
 	drainingByGen := map[int]int{}
-	for _, g := range append(s.groups, s.retired...) {
+	for _, g := range s.allGroups() {
 		for _, w := range g.draining {
 			if w.live() {
 				drainingByGen[w.gen]++
@@ -105,7 +105,7 @@ func (s *Supervisor) snapshot() control.Status {
 		st.State = "starting"
 	}
 	now := s.now()
-	for _, g := range append(s.groups, s.retired...) {
+	for _, g := range s.allGroups() {
 		gs := control.GroupStatus{Name: g.cfg.Name, Count: len(g.slots), Reloadable: g.cfg.Reloadable}
 		add := func(w *worker, restarts int) {
 			ws := control.WorkerStatus{ID: w.id, PID: w.pid, Generation: w.gen, State: w.state.String(),

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -264,6 +265,10 @@ func (s *Supervisor) handle(ev event) {
 	}
 }
 
+// allGroups returns, in a new slice, the config's groups and then the
+// removed ones still draining.
+func (s *Supervisor) allGroups() []*group { return slices.Concat(s.groups, s.retired) }
+
 func (s *Supervisor) hasGroup(g *group) bool {
 	for _, h := range s.groups {
 		if h == g {
@@ -452,7 +457,7 @@ func (s *Supervisor) beginStop(force bool) {
 // draining.
 func (s *Supervisor) liveWorkers() []*worker {
 	var ws []*worker
-	for _, g := range append(s.groups, s.retired...) {
+	for _, g := range s.allGroups() {
 		for _, sl := range g.slots {
 			if sl.cur != nil && sl.cur.live() {
 				ws = append(ws, sl.cur)
