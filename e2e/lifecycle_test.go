@@ -540,3 +540,36 @@ drain_timeout = "2s"
 		t.Errorf("a worker is ready though its probe always fails: %s", st.Line)
 	}
 }
+
+// TestGroupsAddedAndRemoved: a reload starts a group new in the config and
+// drains one that left it, which then disappears from status.
+func TestGroupsAddedAndRemoved(t *testing.T) {
+	b := build(t)
+	group := func(name, version string) string {
+		return fmt.Sprintf("\n[[worker]]\nname = %q\ncommand = %s\n", name, tomlList(b.testworker, "-version", version))
+	}
+	a := startStandalone(t, b, group("web", "v1")+group("old", "v1"))
+	a.up.await(t, "READY=1", 15*time.Second)
+	gone := groupPIDs(status(t, a.ctl), "old")
+
+	a.rewrite(t, group("web", "v2")+group("new", "v2"))
+	if out, err := a.reload(); err != nil {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	testenv.WaitGone(t, gone, 5*time.Second)
+	waitFor(t, 10*time.Second, "generation 1 to finish draining", func() bool {
+		return len(workerPIDs(status(t, a.ctl), "draining")) == 0
+	})
+	var names []string
+	for _, g := range status(t, a.ctl).Groups {
+		names = append(names, g.Name)
+		for _, w := range g.Workers {
+			if w.State != "ready" || w.Generation != 2 {
+				t.Errorf("%s[%d]: %s, generation %d", g.Name, w.ID, w.State, w.Generation)
+			}
+		}
+	}
+	if !slices.Equal(names, []string{"web", "new"}) {
+		t.Errorf("groups after the reload: %v, want [web new]", names)
+	}
+}
