@@ -99,6 +99,24 @@ func (a *app) reload() (string, error) {
 	return string(out), err
 }
 
+// deploy does what a deploy tool does: writes the new [[worker]] part, then
+// runs `sockshim reload`.
+func (a *app) deploy(t testing.TB, workers string) (string, error) {
+	t.Helper()
+	a.rewrite(t, workers)
+	return a.reload()
+}
+
+// mustDeploy is deploy that fails the test when the reload fails.
+func (a *app) mustDeploy(t testing.TB, workers string) string {
+	t.Helper()
+	out, err := a.deploy(t, workers)
+	if err != nil {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	return out
+}
+
 // toml quotes a Go string list as a TOML array.
 func tomlList(items ...string) string {
 	q := make([]string, len(items))

@@ -31,8 +31,7 @@ func TestReloadBadConfig(t *testing.T) {
 	before := workerPIDs(status(t, a.ctl), "ready")
 
 	res := underLoad(t, load.Options{URL: a.url, Concurrency: 4}, func() {
-		a.rewrite(t, strings.Replace(workerConfig(b, "v2", "rolling", 1, 2), "count =", "cont =", 1))
-		out, err := a.reload()
+		out, err := a.deploy(t, strings.Replace(workerConfig(b, "v2", "rolling", 1, 2), "count =", "cont =", 1))
 		if err == nil {
 			t.Errorf("reload with a broken config exited 0:\n%s", out)
 		}
@@ -53,11 +52,7 @@ func TestReloadBadConfig(t *testing.T) {
 		t.Errorf("generation %d after %d reloads, want 1 after 0", st.Generation, st.Reloads)
 	}
 	// Fixed, the same config reloads.
-	a.rewrite(t, workerConfig(b, "v2", "rolling", 1, 2))
-	out, err := a.reload()
-	if err != nil {
-		t.Fatalf("reload after fixing the config: %v\n%s", err, out)
-	}
+	out := a.mustDeploy(t, workerConfig(b, "v2", "rolling", 1, 2))
 	if !strings.Contains(out, "draining workers stopped accepting after") {
 		t.Errorf("the reload did not wait for the old workers to release the sockets:\n%s", out)
 	}
@@ -138,8 +133,7 @@ func TestLaterWorkerFails(t *testing.T) {
 	// Worker 1 of the new generation refuses to start; 0 (the canary) is fine.
 	flaky := failingWorker(b, "v2", "rolling", 1, 3, 1)
 	res := underLoad(t, load.Options{URL: a.url, Concurrency: 8}, func() {
-		a.rewrite(t, flaky)
-		out, err := a.reload()
+		out, err := a.deploy(t, flaky)
 		if err == nil {
 			t.Errorf("reload exited 0 though worker 1 failed:\n%s", out)
 		}
@@ -153,8 +147,7 @@ func TestLaterWorkerFails(t *testing.T) {
 			t.Errorf("generation by worker id after the stopped rollout: %v, want %v", gens, want)
 		}
 
-		a.rewrite(t, workerConfig(b, "v3", "rolling", 1, 3))
-		if out, err := a.reload(); err != nil {
+		if out, err := a.deploy(t, workerConfig(b, "v3", "rolling", 1, 3)); err != nil {
 			t.Errorf("reload after the fix: %v\n%s", err, out)
 		}
 		checkGeneration(t, a, 3, 3)
@@ -187,11 +180,7 @@ reloadable = false
 	a.up.await(t, "READY=1", 15*time.Second)
 	kept := groupPIDs(status(t, a.ctl), "ws")
 
-	a.rewrite(t, groups("v2"))
-	out, err := a.reload()
-	if err != nil {
-		t.Fatalf("reload: %v\n%s", err, out)
-	}
+	out := a.mustDeploy(t, groups("v2"))
 	if !strings.Contains(out, "group ws is not reloadable: its config changes apply on restart") {
 		t.Errorf("reload output does not say the ws change was not applied:\n%s", out)
 	}
@@ -238,10 +227,7 @@ func TestMaxDraining(t *testing.T) {
 	gen1 := workerPIDs(status(t, a.ctl), "ready")
 
 	for _, v := range []string{"v2", "v3"} {
-		a.rewrite(t, body(v))
-		if out, err := a.reload(); err != nil {
-			t.Fatalf("reload to %s: %v\n%s", v, err, out)
-		}
+		a.mustDeploy(t, body(v))
 	}
 	testenv.WaitGone(t, gen1, 5*time.Second)
 	draining := status(t, a.ctl).Groups[0].Workers
@@ -374,8 +360,7 @@ func TestParallelFailureRollsBack(t *testing.T) {
 	a.up.await(t, "READY=1", 15*time.Second)
 	old := workerPIDs(status(t, a.ctl), "ready")
 	res := underLoad(t, load.Options{URL: a.url, Concurrency: 8}, func() {
-		a.rewrite(t, failingWorker(b, "v2", "parallel", 1, 3, 2))
-		out, err := a.reload()
+		out, err := a.deploy(t, failingWorker(b, "v2", "parallel", 1, 3, 2))
 		if err == nil || !strings.Contains(out, "group tw rolled back, generation 1 keeps serving") || !strings.Contains(out, "worker 2 refuses") {
 			t.Errorf("reload: %v\n%s", err, out)
 		}
@@ -406,8 +391,7 @@ func TestSurgeZeroCanaryFailure(t *testing.T) {
 	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 0, 2))
 	a.up.await(t, "READY=1", 15*time.Second)
 	res := underLoad(t, load.Options{URL: a.url, Concurrency: 8}, func() {
-		a.rewrite(t, failingWorker(b, "v2", "rolling", 0, 2, 0))
-		if out, err := a.reload(); err == nil || !strings.Contains(out, "rolled back") {
+		if out, err := a.deploy(t, failingWorker(b, "v2", "rolling", 0, 2, 0)); err == nil || !strings.Contains(out, "rolled back") {
 			t.Errorf("reload: %v\n%s", err, out)
 		}
 		waitFor(t, 10*time.Second, "both slots serving again", func() bool {
@@ -428,11 +412,7 @@ func TestRespawnRules(t *testing.T) {
 	}
 	a := startStandalone(t, b, body("v1"))
 	a.up.await(t, "READY=1", 15*time.Second)
-	a.rewrite(t, body("v2"))
-	out, err := a.reload()
-	if err != nil {
-		t.Fatalf("reload: %v\n%s", err, out)
-	}
+	out := a.mustDeploy(t, body("v2"))
 	// Workers that ignore their stop signal keep accepting: the reload
 	// waits for them a bounded time, then says so.
 	if !strings.Contains(out, "still hold the listening sockets after") {
@@ -552,10 +532,7 @@ func TestGroupsAddedAndRemoved(t *testing.T) {
 	a.up.await(t, "READY=1", 15*time.Second)
 	gone := groupPIDs(status(t, a.ctl), "old")
 
-	a.rewrite(t, group("web", "v2")+group("new", "v2"))
-	if out, err := a.reload(); err != nil {
-		t.Fatalf("reload: %v\n%s", err, out)
-	}
+	a.mustDeploy(t, group("web", "v2")+group("new", "v2"))
 	testenv.WaitGone(t, gone, 5*time.Second)
 	waitFor(t, 10*time.Second, "generation 1 to finish draining", func() bool {
 		return len(workerPIDs(status(t, a.ctl), "draining")) == 0
