@@ -93,6 +93,15 @@ func startStandalone(t testing.TB, b bins, workers string, env ...string) *app {
 	return a
 }
 
+// startServing is startStandalone that returns once sockshim has told its
+// manager READY=1.
+func startServing(t *testing.T, b bins, workers string, env ...string) *app {
+	t.Helper()
+	a := startStandalone(t, b, workers, env...)
+	a.up.await(t, "READY=1", 15*time.Second)
+	return a
+}
+
 // reload runs `sockshim reload -c` and returns what it printed.
 func (a *app) reload() (string, error) {
 	out, err := exec.Command(a.b.sockshim, "reload", "-c", a.cfgPath).CombinedOutput()

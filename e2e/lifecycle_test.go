@@ -26,8 +26,7 @@ import (
 // an error naming file, line and key; the running generation keeps serving.
 func TestReloadBadConfig(t *testing.T) {
 	b := build(t)
-	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 1, 2))
-	a.up.await(t, "READY=1", 15*time.Second)
+	a := startServing(t, b, workerConfig(b, "v1", "rolling", 1, 2))
 	before := workerPIDs(status(t, a.ctl), "ready")
 
 	res := underLoad(t, load.Options{URL: a.url, Concurrency: 4}, func() {
@@ -66,8 +65,7 @@ func TestReloadBadConfig(t *testing.T) {
 // up, and READY=1 with a STATUS naming the new generation at the end.
 func TestSighupReload(t *testing.T) {
 	b := build(t)
-	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 1, 2))
-	a.up.await(t, "READY=1", 15*time.Second)
+	a := startServing(t, b, workerConfig(b, "v1", "rolling", 1, 2))
 	a.rewrite(t, workerConfig(b, "v2", "rolling", 1, 2))
 	a.sup.signal(t, syscall.SIGHUP)
 
@@ -91,8 +89,7 @@ func TestSighupReload(t *testing.T) {
 // same state as the control protocol's Status.
 func TestStatusCommand(t *testing.T) {
 	b := build(t)
-	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 1, 2))
-	a.up.await(t, "READY=1", 15*time.Second)
+	a := startServing(t, b, workerConfig(b, "v1", "rolling", 1, 2))
 
 	out, err := exec.Command(b.sockshim, "status", "-c", a.cfgPath).CombinedOutput()
 	if err != nil {
@@ -127,8 +124,7 @@ func TestStatusCommand(t *testing.T) {
 // request fails. The next good reload converges.
 func TestLaterWorkerFails(t *testing.T) {
 	b := build(t)
-	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 1, 3))
-	a.up.await(t, "READY=1", 15*time.Second)
+	a := startServing(t, b, workerConfig(b, "v1", "rolling", 1, 3))
 
 	// Worker 1 of the new generation refuses to start; 0 (the canary) is fine.
 	flaky := failingWorker(b, "v2", "rolling", 1, 3, 1)
@@ -176,8 +172,7 @@ command = %s
 reloadable = false
 `, tomlList(b.testworker, "-version", version), tomlList(b.testworker, "-version", "ws-"+version))
 	}
-	a := startStandalone(t, b, groups("v1"))
-	a.up.await(t, "READY=1", 15*time.Second)
+	a := startServing(t, b, groups("v1"))
 	kept := groupPIDs(status(t, a.ctl), "ws")
 
 	out := a.mustDeploy(t, groups("v2"))
@@ -222,8 +217,7 @@ func TestMaxDraining(t *testing.T) {
 		return strings.Replace(workerConfig(b, v, "rolling", 1, 1, "-ignore-sigterm"),
 			`drain_timeout = "10s"`, "drain_timeout = \"60s\"\nmax_draining = 1", 1)
 	}
-	a := startStandalone(t, b, body("v1"))
-	a.up.await(t, "READY=1", 15*time.Second)
+	a := startServing(t, b, body("v1"))
 	gen1 := workerPIDs(status(t, a.ctl), "ready")
 
 	for _, v := range []string{"v2", "v3"} {
@@ -253,8 +247,7 @@ func TestMaxDraining(t *testing.T) {
 // TestWatchdog: with WATCHDOG_USEC set, sockshim pings the manager.
 func TestWatchdog(t *testing.T) {
 	b := build(t)
-	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 1, 1), "WATCHDOG_USEC=400000")
-	a.up.await(t, "READY=1", 15*time.Second)
+	a := startServing(t, b, workerConfig(b, "v1", "rolling", 1, 1), "WATCHDOG_USEC=400000")
 	start := time.Now()
 	a.up.await(t, "WATCHDOG=1", 2*time.Second)
 	a.up.await(t, "WATCHDOG=1", 2*time.Second)
@@ -269,8 +262,7 @@ func TestControlSocketRefusesStrangers(t *testing.T) {
 		t.Fatal("this test runs a client as nobody and needs root")
 	}
 	b := build(t)
-	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 1, 1))
-	a.up.await(t, "READY=1", 15*time.Second)
+	a := startServing(t, b, workerConfig(b, "v1", "rolling", 1, 1))
 	if fi, err := os.Stat(a.ctl); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("control socket mode: %v %v, want 0600", fi.Mode(), err)
 	}
@@ -315,8 +307,7 @@ func TestUserAndGroup(t *testing.T) {
 		t.Fatal("dropping privileges needs root")
 	}
 	b := build(t)
-	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 1, 2)+"user = \"nobody\"\ngroup = \"nogroup\"\n")
-	a.up.await(t, "READY=1", 15*time.Second)
+	a := startServing(t, b, workerConfig(b, "v1", "rolling", 1, 2)+"user = \"nobody\"\ngroup = \"nogroup\"\n")
 	for _, pid := range workerPIDs(status(t, a.ctl), "ready") {
 		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 		if err != nil {
@@ -356,8 +347,7 @@ func generations(st *control.Status, state string) map[int]int {
 // rolls the whole new generation back; the old one is untouched.
 func TestParallelFailureRollsBack(t *testing.T) {
 	b := build(t)
-	a := startStandalone(t, b, workerConfig(b, "v1", "parallel", 1, 3))
-	a.up.await(t, "READY=1", 15*time.Second)
+	a := startServing(t, b, workerConfig(b, "v1", "parallel", 1, 3))
 	old := workerPIDs(status(t, a.ctl), "ready")
 	res := underLoad(t, load.Options{URL: a.url, Concurrency: 8}, func() {
 		out, err := a.deploy(t, failingWorker(b, "v2", "parallel", 1, 3, 2))
@@ -388,8 +378,7 @@ func TestParallelFailureRollsBack(t *testing.T) {
 // filled again and the service never stops answering.
 func TestSurgeZeroCanaryFailure(t *testing.T) {
 	b := build(t)
-	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 0, 2))
-	a.up.await(t, "READY=1", 15*time.Second)
+	a := startServing(t, b, workerConfig(b, "v1", "rolling", 0, 2))
 	res := underLoad(t, load.Options{URL: a.url, Concurrency: 8}, func() {
 		if out, err := a.deploy(t, failingWorker(b, "v2", "rolling", 0, 2, 0)); err == nil || !strings.Contains(out, "rolled back") {
 			t.Errorf("reload: %v\n%s", err, out)
@@ -410,8 +399,7 @@ func TestRespawnRules(t *testing.T) {
 	body := func(v string) string {
 		return strings.Replace(workerConfig(b, v, "rolling", 1, 2, "-ignore-sigterm"), `drain_timeout = "10s"`, `drain_timeout = "30s"`, 1)
 	}
-	a := startStandalone(t, b, body("v1"))
-	a.up.await(t, "READY=1", 15*time.Second)
+	a := startServing(t, b, body("v1"))
 	out := a.mustDeploy(t, body("v2"))
 	// Workers that ignore their stop signal keep accepting: the reload
 	// waits for them a bounded time, then says so.
@@ -528,8 +516,7 @@ func TestGroupsAddedAndRemoved(t *testing.T) {
 	group := func(name, version string) string {
 		return fmt.Sprintf("\n[[worker]]\nname = %q\ncommand = %s\n", name, tomlList(b.testworker, "-version", version))
 	}
-	a := startStandalone(t, b, group("web", "v1")+group("old", "v1"))
-	a.up.await(t, "READY=1", 15*time.Second)
+	a := startServing(t, b, group("web", "v1")+group("old", "v1"))
 	gone := groupPIDs(status(t, a.ctl), "old")
 
 	a.mustDeploy(t, group("web", "v2")+group("new", "v2"))

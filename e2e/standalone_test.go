@@ -79,9 +79,8 @@ func TestStandalone(t *testing.T) {
 // (PR_SET_PDEATHSIG), so no orphan keeps serving stale code.
 func TestWorkersDieWithSockshim(t *testing.T) {
 	b := build(t)
-	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 1, 2))
+	a := startServing(t, b, workerConfig(b, "v1", "rolling", 1, 2))
 	sup, ctl := a.sup, a.ctl
-	a.up.await(t, "READY=1", 15*time.Second)
 	pids := workerPIDs(status(t, ctl), "ready")
 	if len(pids) != 2 {
 		t.Fatalf("want 2 workers, got %v", pids)
