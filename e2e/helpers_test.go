@@ -356,6 +356,18 @@ func (s *supervisor) signal(t *testing.T, sig syscall.Signal) {
 	}
 }
 
+// forceStop is an operator's double Ctrl-C: the second SIGINT kills the
+// workers at once, without waiting for drain_timeout, and sockshim exits 0.
+func (s *supervisor) forceStop(t *testing.T) {
+	t.Helper()
+	s.signal(t, syscall.SIGINT)
+	time.Sleep(100 * time.Millisecond)
+	s.signal(t, syscall.SIGINT)
+	if err := s.wait(t, 10*time.Second); err != nil {
+		t.Errorf("sockshim exit after a forced stop: %v", err)
+	}
+}
+
 // wait returns sockshim's exit error, failing after timeout.
 func (s *supervisor) wait(t *testing.T, timeout time.Duration) error {
 	t.Helper()

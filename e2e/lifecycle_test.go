@@ -235,13 +235,7 @@ func TestMaxDraining(t *testing.T) {
 		t.Errorf("draining generations %v, want only [2]", gens)
 	}
 	a.sup.awaitLog(t, "too many generations draining; killing the oldest early")
-	// A forced stop (second SIGINT) does not wait for drain_timeout.
-	a.sup.signal(t, syscall.SIGINT)
-	time.Sleep(100 * time.Millisecond)
-	a.sup.signal(t, syscall.SIGINT)
-	if err := a.sup.wait(t, 10*time.Second); err != nil {
-		t.Errorf("sockshim exit after a forced stop: %v", err)
-	}
+	a.sup.forceStop(t)
 }
 
 // TestWatchdog: with WATCHDOG_USEC set, sockshim pings the manager.
@@ -435,11 +429,7 @@ func TestRespawnRules(t *testing.T) {
 	if restarts != 1 {
 		t.Errorf("%d restarts in status, want 1", restarts)
 	}
-	// Stop without waiting for the workers that ignore SIGTERM.
-	a.sup.signal(t, syscall.SIGINT)
-	time.Sleep(100 * time.Millisecond)
-	a.sup.signal(t, syscall.SIGINT)
-	a.sup.wait(t, 10*time.Second)
+	a.sup.forceStop(t)
 }
 
 // TestReadyCommandEnvDir: with ready = "command" the probe, not the worker's
