@@ -140,22 +140,9 @@ func TestUnprivileged(t *testing.T) {
 		}
 	}
 	nobody := &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	sup := exec.Command(b.sockshim, "run", "-c", cfg)
-	sup.Env, sup.SysProcAttr = env, nobody
-	var log bytes.Buffer
-	sup.Stdout, sup.Stderr = &log, &log
-	if err := sup.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- sup.Wait() }()
-	t.Cleanup(func() {
-		sup.Process.Kill()
-		<-done
-		if t.Failed() {
-			t.Logf("sockshim output:\n%s", log.String())
-		}
-	})
+	cmd := exec.Command(b.sockshim, "run", "-c", cfg)
+	cmd.Env, cmd.SysProcAttr = env, nobody
+	sup := superviseCmd(t, cmd)
 
 	waitFor(t, 15*time.Second, "`sockshim status` as nobody to answer", func() bool {
 		st := exec.Command(b.sockshim, "status", "-c", cfg)
@@ -169,14 +156,8 @@ func TestUnprivileged(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(os.TempDir(), "sockshim-65534", "app.sock")); err != nil {
 		t.Errorf("control socket not where an unprivileged user's commands look: %v", err)
 	}
-	sup.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-done:
-		done <- err
-		if err != nil {
-			t.Errorf("sockshim as nobody exited with %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Errorf("sockshim as nobody did not stop within 15s of SIGTERM")
+	sup.signal(t, syscall.SIGTERM)
+	if err := sup.wait(t, 15*time.Second); err != nil {
+		t.Errorf("sockshim as nobody exited with %v", err)
 	}
 }

@@ -287,6 +287,14 @@ func startSupervisor(t testing.TB, b bins, cfg string, env ...string) *superviso
 	}
 	cmd := exec.Command(b.sockshim, args...)
 	cmd.Env = append(os.Environ(), env...)
+	return superviseCmd(t, cmd)
+}
+
+// superviseCmd starts a `sockshim run` command the caller prepared (its
+// own environment or credentials), collects its output, and kills it at
+// cleanup if it is still running.
+func superviseCmd(t testing.TB, cmd *exec.Cmd) *supervisor {
+	t.Helper()
 	// A real pipe, not an io.Writer: workers inherit sockshim's stdout, and
 	// cmd.Wait would otherwise wait for them to close it too.
 	pr, pw, err := os.Pipe()
