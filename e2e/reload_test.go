@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sockshim/sockshim/internal/procfs"
 	"github.com/sockshim/sockshim/testenv"
 	"github.com/sockshim/sockshim/testenv/load"
 )
@@ -180,7 +181,7 @@ func checkNoLeaks(t *testing.T, a *app) {
 	deadline := time.Now().Add(2 * time.Second)
 	for {
 		var err error
-		if fds, err = testenv.FDs(pid); err != nil {
+		if fds, err = procfs.FDs(pid); err != nil {
 			t.Fatal(err)
 		}
 		got = map[string]int{}

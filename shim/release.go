@@ -2,13 +2,11 @@ package shim
 
 import (
 	"fmt"
-	"os"
 	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/sockshim/sockshim/handoff"
+	"github.com/sockshim/sockshim/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -67,56 +65,26 @@ func awaitRelease(pgids []int, sockets map[string]bool, timeout time.Duration) [
 // holders lists the processes of the process groups pgids that have one of
 // the sockets open.
 func holders(pgids []int, sockets map[string]bool) []int {
-	ents, err := os.ReadDir("/proc")
+	pids, err := procfs.PIDs()
 	if err != nil {
 		return nil
 	}
 	var out []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || !slices.Contains(pgids, processGroup(pid)) {
+	for _, pid := range pids {
+		st, err := procfs.ReadStat(pid)
+		if err != nil || st.State == 'Z' || !slices.Contains(pgids, st.PGID) {
 			continue
 		}
-		if holdsAny(pid, sockets) {
-			out = append(out, pid)
+		fds, err := procfs.FDs(pid)
+		if err != nil {
+			continue // gone, or not ours to inspect
+		}
+		for _, target := range fds {
+			if sockets[target] {
+				out = append(out, pid)
+				break
+			}
 		}
 	}
 	return out
-}
-
-// processGroup reads the pgrp field of /proc/PID/stat, or -1. The command
-// name before it is in parentheses and may itself contain any character.
-func processGroup(pid int) int {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return -1
-	}
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return -1
-	}
-	// After the name: state ppid pgrp …
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 3 || f[0] == "Z" {
-		return -1
-	}
-	pgrp, err := strconv.Atoi(f[2])
-	if err != nil {
-		return -1
-	}
-	return pgrp
-}
-
-func holdsAny(pid int, sockets map[string]bool) bool {
-	dir := "/proc/" + strconv.Itoa(pid) + "/fd/"
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return false // gone, or not ours to inspect
-	}
-	for _, e := range ents {
-		if target, err := os.Readlink(dir + e.Name()); err == nil && sockets[target] {
-			return true
-		}
-	}
-	return false
 }

@@ -11,40 +11,17 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-// procStat returns a process's state letter and parent pid from
-// /proc/PID/stat (the command name may contain spaces and parentheses, so
-// parse from the last ')').
-func procStat(pid int) (state byte, ppid int, err error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, 0, err
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 || i+4 >= len(s) {
-		return 0, 0, fmt.Errorf("malformed /proc/%d/stat", pid)
-	}
-	f := strings.Fields(s[i+2:])
-	if len(f) < 2 {
-		return 0, 0, fmt.Errorf("malformed /proc/%d/stat", pid)
-	}
-	ppid, err = strconv.Atoi(f[1])
-	return f[0][0], ppid, err
-}
+	"github.com/sockshim/sockshim/internal/procfs"
+)
 
 // parents maps every pid on the machine to its parent.
 func parents() map[int]int {
 	out := map[int]int{}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if _, ppid, err := procStat(pid); err == nil {
-			out[pid] = ppid
+	pids, _ := procfs.PIDs()
+	for _, pid := range pids {
+		if st, err := procfs.ReadStat(pid); err == nil {
+			out[pid] = st.PPID
 		}
 	}
 	return out
@@ -76,7 +53,7 @@ func Zombies(pid int) []int {
 		if pp != pid {
 			continue
 		}
-		if st, _, err := procStat(p); err == nil && st == 'Z' {
+		if st, err := procfs.ReadStat(p); err == nil && st.State == 'Z' {
 			out = append(out, p)
 		}
 	}
@@ -85,8 +62,8 @@ func Zombies(pid int) []int {
 
 // Alive reports whether pid exists and is not a zombie.
 func Alive(pid int) bool {
-	st, _, err := procStat(pid)
-	return err == nil && st != 'Z'
+	st, err := procfs.ReadStat(pid)
+	return err == nil && st.State != 'Z'
 }
 
 // WaitGone waits until none of pids is alive, failing the test with the
@@ -109,28 +86,6 @@ func WaitGone(t testing.TB, pids []int, timeout time.Duration) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// FDs returns a process's open descriptors and what they point to.
-func FDs(pid int) (map[int]string, error) {
-	dir := fmt.Sprintf("/proc/%d/fd", pid)
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	out := map[int]string{}
-	for _, e := range ents {
-		fd, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		target, err := os.Readlink(filepath.Join(dir, e.Name()))
-		if err != nil {
-			continue // closed meanwhile
-		}
-		out[fd] = target
-	}
-	return out, nil
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.

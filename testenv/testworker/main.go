@@ -24,6 +24,7 @@ import (
 	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/sockshim/sockshim/examples/gracefulhttp"
+	"github.com/sockshim/sockshim/internal/procfs"
 	"github.com/sockshim/sockshim/testenv"
 	"golang.org/x/sys/unix"
 )
@@ -121,17 +122,9 @@ func main() {
 // and the variables a supervisor sets.
 func snapshot() testenv.Report {
 	r := testenv.Report{PID: os.Getpid(), FDs: map[int]string{}, Env: map[string]string{}}
-	ents, _ := os.ReadDir("/proc/self/fd")
-	for _, e := range ents {
-		fd, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
-		if err != nil || flags&unix.FD_CLOEXEC != 0 {
-			continue
-		}
-		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil {
+	fds, _ := procfs.FDs(os.Getpid())
+	for fd, target := range fds {
+		if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err == nil && flags&unix.FD_CLOEXEC == 0 {
 			r.FDs[fd] = target
 		}
 	}
