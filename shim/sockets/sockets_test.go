@@ -220,18 +220,16 @@ func runInherit(t *testing.T, n int, env ...string) inheritResult {
 		files = append(files, f)
 	}
 	script := `exec "$0"`
+	childEnv := append(os.Environ(), inheritChild+"=1")
 	for _, kv := range env {
 		if kv == "LISTEN_PID=self" {
 			script = `LISTEN_PID=$$; export LISTEN_PID; exec "$0"`
+		} else {
+			childEnv = append(childEnv, kv)
 		}
 	}
 	cmd := exec.Command("/bin/sh", "-c", script, os.Args[0])
-	cmd.Env = append(os.Environ(), inheritChild+"=1")
-	for _, kv := range env {
-		if kv != "LISTEN_PID=self" {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
+	cmd.Env = childEnv
 	cmd.ExtraFiles = files
 	out, err := cmd.Output()
 	if err != nil {
