@@ -61,7 +61,7 @@ type reloadRun struct {
 
 // rollout replaces one group's workers.
 type rollout struct {
-	cfg      config.Group
+	cfg      config.Worker
 	gen      int
 	workers  []*worker // by id; nil until started
 	next     int       // next id to start
@@ -179,7 +179,7 @@ func (s *Supervisor) findGroup(name string) *group {
 	return nil
 }
 
-func (s *Supervisor) startRollout(r *reloadRun, g *group, gc config.Group) {
+func (s *Supervisor) startRollout(r *reloadRun, g *group, gc config.Worker) {
 	g.rollout = &rollout{cfg: gc, gen: r.gen, workers: make([]*worker, gc.Count)}
 	r.running++
 	s.advance(g)

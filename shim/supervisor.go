@@ -65,7 +65,7 @@ type Supervisor struct {
 
 // group is the runtime side of one [[worker]] entry.
 type group struct {
-	cfg      config.Group // config of the workers in slots
+	cfg      config.Worker // config of the workers in slots
 	gen      int          // generation new workers of this group get
 	slots    []*slot      // index is the worker id
 	draining []*worker    // told to stop, any generation, oldest first
@@ -133,7 +133,7 @@ func New(o Options) (*Supervisor, error) {
 	return s, nil
 }
 
-func (s *Supervisor) newGroup(gc config.Group, gen int) *group {
+func (s *Supervisor) newGroup(gc config.Worker, gen int) *group {
 	g := &group{cfg: gc, gen: gen, slots: make([]*slot, gc.Count)}
 	for i := range g.slots {
 		g.slots[i] = &slot{}

@@ -35,7 +35,7 @@ func (s workerState) String() string {
 // worker is one process of one generation of a group.
 type worker struct {
 	group   *group
-	cfg     config.Group // the config it was started with
+	cfg     config.Worker // the config it was started with
 	id      int          // 0…count-1, stable across generations
 	gen     int
 	pid     int
@@ -82,7 +82,7 @@ func (w *worker) stopTimer() {
 // SOCK_SEQPACKET pair, and arranges for its exit, notify datagrams and stderr
 // to come back as events. The trampoline then execs the worker command, which
 // keeps the pid, so w.pid is the worker's pid.
-func (s *Supervisor) spawn(g *group, cfg config.Group, id, gen int) (*worker, error) {
+func (s *Supervisor) spawn(g *group, cfg config.Worker, id, gen int) (*worker, error) {
 	w := &worker{group: g, cfg: cfg, id: id, gen: gen, state: starting}
 	proxy, err := notify.Listen(fmt.Sprintf("%s.%d.g%d", cfg.Name, id, gen))
 	if err != nil {

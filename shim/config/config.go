@@ -13,7 +13,7 @@ import (
 type Config struct {
 	Path    string   // the file it was read from
 	Listen  []Listen // [[listen]]: used only when the service manager passes no sockets
-	Workers []Group  // [[worker]]: at least one
+	Workers []Worker  // [[worker]]: at least one
 	Control Control  // [control]
 }
 
@@ -49,8 +49,8 @@ const (
 	StrategyParallel Strategy = "parallel" // all new, then all old drain
 )
 
-// Group is one [[worker]] entry: count identical workers.
-type Group struct {
+// Worker is one [[worker]] entry: a group of count identical workers.
+type Worker struct {
 	Name         string            // name = "web"; default "worker" if only one group, else required
 	Command      []string          // command = ["/usr/bin/myapp", "--serve"]; required
 	Count        int               // count = 4; default 1
@@ -90,13 +90,3 @@ const (
 	// MaxCount bounds count: more workers than this per group is a typo.
 	MaxCount = 4096
 )
-
-// HasGroup reports whether the config has a [[worker]] named name.
-func (c *Config) HasGroup(name string) bool {
-	for _, g := range c.Workers {
-		if g.Name == name {
-			return true
-		}
-	}
-	return false
-}

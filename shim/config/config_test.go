@@ -21,7 +21,7 @@ func TestFullExample(t *testing.T) {
 			{Name: "http", Address: "tcp://127.0.0.1:8080", Network: "tcp", Addr: "127.0.0.1:8080", Mode: 0o660, Backlog: 1024},
 			{Name: "admin", Address: "unix:/run/myapp/admin.sock", Network: "unix", Addr: "/run/myapp/admin.sock", Mode: 0o600},
 		},
-		Workers: []Group{{
+		Workers: []Worker{{
 			Name: "web", Command: []string{"/usr/bin/myapp", "--serve"}, Count: 4, Sockets: []string{"http"},
 			Ready: ReadyCommand, ReadyDelay: 2 * time.Second,
 			ReadyCommand: []string{"/usr/bin/curl", "-fsS", "http://127.0.0.1:8080/health"},
@@ -46,7 +46,7 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Group{Name: "worker", Command: []string{"/bin/true"}, Count: 1, Ready: ReadyNotify, ReadyDelay: time.Second,
+	want := Worker{Name: "worker", Command: []string{"/bin/true"}, Count: 1, Ready: ReadyNotify, ReadyDelay: time.Second,
 		ReadyTimeout: 30 * time.Second, Strategy: StrategyRolling, Surge: 1, MaxDraining: 2, StopSignal: syscall.SIGTERM,
 		DrainTimeout: 30 * time.Second, Reloadable: true}
 	if len(cfg.Workers) != 1 || !reflect.DeepEqual(cfg.Workers[0], want) {

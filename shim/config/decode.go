@@ -192,9 +192,9 @@ func parseAddress(a string) (network, addr string, err error) {
 	return "", "", fmt.Errorf("unknown scheme %q (want tcp, tcp4, tcp6, udp, udp4, udp6, unix, unixgram or unixpacket)", scheme)
 }
 
-func (r *reader) worker(path string, t map[string]any, groups int) Group {
+func (r *reader) worker(path string, t map[string]any, groups int) Worker {
 	r.known(path, t, workerKeys)
-	g := Group{
+	g := Worker{
 		Name:         r.str(path+".name", t, "name", ""),
 		Command:      r.strList(path+".command", t, "command"),
 		Count:        r.int(path+".count", t, "count", DefaultCount),
