@@ -66,10 +66,10 @@ type Supervisor struct {
 // group is the runtime side of one [[worker]] entry.
 type group struct {
 	cfg      config.Worker // config of the workers in slots
-	gen      int          // generation new workers of this group get
-	slots    []*slot      // index is the worker id
-	draining []*worker    // told to stop, any generation, oldest first
-	rollout  *rollout     // non-nil while a reload replaces this group's workers
+	gen      int           // generation new workers of this group get
+	slots    []*slot       // index is the worker id
+	draining []*worker     // told to stop, any generation, oldest first
+	rollout  *rollout      // non-nil while a reload replaces this group's workers
 }
 
 // slot is one worker id of a group: the worker currently filling it and the

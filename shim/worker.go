@@ -36,7 +36,7 @@ func (s workerState) String() string {
 type worker struct {
 	group   *group
 	cfg     config.Worker // the config it was started with
-	id      int          // 0…count-1, stable across generations
+	id      int           // 0…count-1, stable across generations
 	gen     int
 	pid     int
 	state   workerState

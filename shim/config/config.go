@@ -13,7 +13,7 @@ import (
 type Config struct {
 	Path    string   // the file it was read from
 	Listen  []Listen // [[listen]]: used only when the service manager passes no sockets
-	Workers []Worker  // [[worker]]: at least one
+	Workers []Worker // [[worker]]: at least one
 	Control Control  // [control]
 }
 
