@@ -110,7 +110,7 @@ func decode(b []byte) (header, error) {
 			return h, fmt.Errorf("name %d: payload ends inside it", i)
 		}
 		name := string(rest[1 : 1+n])
-		if err := checkName(name); err != nil {
+		if err := CheckName(name); err != nil {
 			return h, fmt.Errorf("name %d: %w", i, err)
 		}
 		h.names = append(h.names, name)
@@ -122,8 +122,10 @@ func decode(b []byte) (header, error) {
 	return h, nil
 }
 
-// checkName rejects names that cannot be one entry of LISTEN_FDNAMES.
-func checkName(n string) error {
+// CheckName rejects names that cannot be one entry of LISTEN_FDNAMES: empty,
+// longer than MaxNameLen, or containing ':' (the separator) or a control
+// character.
+func CheckName(n string) error {
 	if n == "" {
 		return errors.New("empty socket name")
 	}
@@ -137,3 +139,6 @@ func checkName(n string) error {
 	}
 	return nil
 }
+
+// checkName is the name send.go and fuzz_test.go still use for CheckName.
+var checkName = CheckName

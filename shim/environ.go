@@ -5,22 +5,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/sockshim/sockshim/shim/config"
 )
 
-// privateEnv reports whether a variable of sockshim's own environment belongs
-// to sockshim's relationship with its service manager and must not be seen by
-// workers: a worker that inherited NOTIFY_SOCKET or WATCHDOG_* would talk to
-// systemd behind sockshim's back, and stale LISTEN_* would describe fds the
-// worker does not have.
-func privateEnv(key string) bool {
-	switch key {
-	case "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES":
-		return true
-	}
-	return strings.HasPrefix(key, "SOCKSHIM_")
-}
-
-// workerEnv builds a worker's environment: sockshim's own minus the private
+// workerEnv builds a worker's environment: sockshim's own minus the reserved
 // variables, then the group's env (sorted, so runs are reproducible), then the
 // variables sockshim defines. LISTEN_* are added by the trampoline, which is
 // the only process that knows the final pid and descriptor numbers.
@@ -28,7 +17,7 @@ func workerEnv(base []string, extra map[string]string, notifyAddr string, gen, i
 	env := make([]string, 0, len(base)+len(extra)+4)
 	for _, kv := range base {
 		k, _, _ := strings.Cut(kv, "=")
-		if _, overridden := extra[k]; overridden || privateEnv(k) {
+		if _, overridden := extra[k]; overridden || config.ReservedEnv(k) {
 			continue
 		}
 		env = append(env, kv)
@@ -44,11 +33,11 @@ func workerEnv(base []string, extra map[string]string, notifyAddr string, gen, i
 	)
 }
 
-// publicEnv is base without sockshim's private variables.
+// publicEnv is base without the variables sockshim reserves.
 func publicEnv(base []string) []string {
 	var env []string
 	for _, kv := range base {
-		if k, _, _ := strings.Cut(kv, "="); !privateEnv(k) {
+		if k, _, _ := strings.Cut(kv, "="); !config.ReservedEnv(k) {
 			env = append(env, kv)
 		}
 	}
