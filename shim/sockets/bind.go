@@ -1,14 +1,13 @@
 package sockets
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"strings"
-	"syscall"
 
 	"github.com/sockshim/sockshim/handoff"
+	"github.com/sockshim/sockshim/internal/sockfile"
 	"github.com/sockshim/sockshim/shim/config"
 	"golang.org/x/sys/unix"
 )
@@ -106,7 +105,7 @@ func bindUnix(l config.Listen) (*os.File, error) {
 	typ := map[string]int{"unix": unix.SOCK_STREAM, "unixgram": unix.SOCK_DGRAM, "unixpacket": unix.SOCK_SEQPACKET}[l.Network]
 	abstract := strings.HasPrefix(l.Addr, "@")
 	if !abstract {
-		if err := removeStale(l.Addr, typ); err != nil {
+		if err := sockfile.RemoveStale(l.Addr, typ); err != nil {
 			return nil, err
 		}
 	}
@@ -127,39 +126,6 @@ func bindUnix(l config.Listen) (*os.File, error) {
 		return nil, fmt.Errorf("chmod: %w", err)
 	}
 	return f, nil
-}
-
-// removeStale deletes a socket file left by a previous run, but only if no one
-// answers on it: binding over a live socket would steal another service's
-// address.
-func removeStale(path string, typ int) error {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if fi.Mode().Type() != os.ModeSocket {
-		return fmt.Errorf("%s exists and is not a socket", path)
-	}
-	fd, err := unix.Socket(unix.AF_UNIX, typ|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
-	if err != nil {
-		return fmt.Errorf("probe %s: %w", path, err)
-	}
-	defer unix.Close(fd)
-	err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
-	switch {
-	case err == nil || errors.Is(err, syscall.EAGAIN):
-		return fmt.Errorf("%s is in use by another process", path)
-	case errors.Is(err, syscall.ECONNREFUSED):
-		if err := os.Remove(path); err != nil {
-			return fmt.Errorf("remove stale socket: %w", err)
-		}
-		return nil
-	default:
-		return fmt.Errorf("probe %s: %w", path, err)
-	}
 }
 
 func finish(fd int, sa unix.Sockaddr, listen bool, l config.Listen) (*os.File, error) {
