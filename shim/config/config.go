@@ -71,6 +71,15 @@ type Worker struct {
 	Dir          string            // dir = "/srv/myapp": working directory
 }
 
+// ListenNames returns the names of the [[listen]] entries, in order.
+func (c *Config) ListenNames() []string {
+	names := make([]string, 0, len(c.Listen))
+	for _, l := range c.Listen {
+		names = append(names, l.Name)
+	}
+	return names
+}
+
 // Control is the [control] table.
 type Control struct {
 	// Socket is the control socket's path; empty means the default chosen

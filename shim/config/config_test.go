@@ -19,7 +19,7 @@ func TestFullExample(t *testing.T) {
 		Path: "testdata/full.toml",
 		Listen: []Listen{
 			{Name: "http", Address: "tcp://127.0.0.1:8080", Network: "tcp", Addr: "127.0.0.1:8080", Mode: 0o660, Backlog: 1024},
-			{Name: "admin", Address: "unix:/run/myapp/admin.sock", Network: "unix", Addr: "/run/myapp/admin.sock", Mode: 0o600},
+			{Name: "admin", Address: "unix:/tmp/myapp-admin.sock", Network: "unix", Addr: "/tmp/myapp-admin.sock", Mode: 0o600},
 		},
 		Workers: []Worker{{
 			Name: "web", Command: []string{"/usr/bin/myapp", "--serve"}, Count: 4, Sockets: []string{"http"},
@@ -27,7 +27,7 @@ func TestFullExample(t *testing.T) {
 			ReadyCommand: []string{"/usr/bin/curl", "-fsS", "http://127.0.0.1:8080/health"},
 			ReadyTimeout: 20 * time.Second, Strategy: StrategyParallel, Surge: 2, MaxDraining: 3,
 			StopSignal: syscall.SIGQUIT, DrainTimeout: 45 * time.Second, Reloadable: true,
-			User: "myapp", Group: "myapp", Env: map[string]string{"APP_ENV": "production", "TZ": "UTC"}, Dir: "/srv/myapp",
+			User: "nobody", Group: "65534", Env: map[string]string{"APP_ENV": "production", "TZ": "UTC"}, Dir: "/tmp",
 		}, {
 			Name: "ws", Command: []string{"/usr/bin/myapp", "--websocket"}, Count: 1, Sockets: []string{"admin"},
 			Ready: ReadyNotify, ReadyDelay: DefaultReadyDelay, ReadyTimeout: DefaultReadyTimeout, Strategy: StrategyRolling,
@@ -87,9 +87,9 @@ func TestErrors(t *testing.T) {
 		{"bad port", "[[listen]]\nname = \"h\"\naddress = \"tcp://:99999\"\n" + w, `app.toml:3: listen[0].address: "tcp://:99999": port "99999" is not a number from 0 to 65535`},
 		{"relative unix", "[[listen]]\nname = \"h\"\naddress = \"unix:run/x.sock\"\n" + w, `app.toml:3: listen[0].address: "unix:run/x.sock": socket path "run/x.sock" is not absolute`},
 		{"empty unix", "[[listen]]\nname = \"h\"\naddress = \"unix:\"\n" + w, `app.toml:3: listen[0].address: "unix:": empty socket path`},
-		{"colon in name", "[[listen]]\nname = \"a:b\"\naddress = \"tcp://:1\"\n" + w, `app.toml:2: listen[0].name: "a:b" may not contain ':'`},
+		{"colon in name", "[[listen]]\nname = \"a:b\"\naddress = \"tcp://:1\"\n" + w, `app.toml:2: listen[0].name: socket name "a:b" contains ':'`},
 		{"bad mode", "[[listen]]\nname = \"h\"\naddress = \"unix:/x\"\nmode = \"rw\"\n" + w, `app.toml:4: listen[0].mode: "rw" is not an octal file mode`},
-		{"private env", w + "env = { LISTEN_FDS = \"3\" }\n", `app.toml:3: worker[0].env.LISTEN_FDS: is set by sockshim`},
+		{"private env", w + "env = { LISTEN_FDS = \"3\" }\n", `app.toml:3: worker[0].env.LISTEN_FDS: is reserved by sockshim`},
 		{"syntax", w + "count = = 3\n", `app.toml:3: TOML syntax:`},
 		{"second worker line", w + "name = \"a\"\n[[worker]]\nname = \"b\"\ncommand = [\"/x\"]\ncount = \"x\"\n", `app.toml:7: worker[1].count: want an integer`},
 		{"multi-line array skipped", "[[worker]]\ncommand = [\n  \"/bin/app\",\n  \"-x\",\n]\ncoutn = 2\n", `app.toml:6: worker[0].coutn: unknown key (did you mean "count"?)`},

@@ -2,37 +2,71 @@ package config
 
 import (
 	"fmt"
+	"maps"
+	"math"
 	"net"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/sockshim/sockshim/handoff"
+	"github.com/sockshim/sockshim/internal/unixaddr"
 	"golang.org/x/sys/unix"
 )
 
 // reader turns the generic TOML tree into a Config, collecting errors.
 type reader struct {
 	file  string
-	lines map[string]int
+	lines map[string]int // key path → line, from positions
 	errs  Errors
 }
 
 // errorf records a problem at key path, on the key's line (or, for a key
 // that is missing, on the line of the table that lacks it).
 func (r *reader) errorf(path, format string, args ...any) {
-	line := r.lines[path]
-	for p := path; line == 0 && p != ""; {
+	r.errs = append(r.errs, &Error{File: r.file, Line: r.line(path), Key: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// line returns the line of path, or of the closest enclosing table that
+// has one. (A quoted key containing '.' is cut inside its quotes first, which
+// matches nothing.)
+func (r *reader) line(path string) int {
+	for p := path; ; {
+		if line := r.lines[p]; line > 0 {
+			return line
+		}
 		i := strings.LastIndexByte(p, '.')
 		if i < 0 {
-			break
+			return 0
 		}
 		p = p[:i]
-		line = r.lines[p]
 	}
-	r.errs = append(r.errs, &Error{File: r.file, Line: line, Key: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// join appends key to path, quoting the key unless it is a bare TOML key, so
+// that "a.b" = 1 and a.b = 1 have different paths.
+func join(path, key string) string {
+	if !bareKey(key) {
+		key = strconv.Quote(key)
+	}
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func bareKey(k string) bool {
+	for i := 0; i < len(k); i++ {
+		if c := k[i]; !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return k != ""
 }
 
 var (
@@ -48,10 +82,7 @@ func (r *reader) known(path string, table map[string]any, allowed []string) {
 		if slices.Contains(allowed, k) {
 			continue
 		}
-		p := k
-		if path != "" {
-			p = path + "." + k
-		}
+		p := join(path, k)
 		if s := suggest(k, allowed); s != "" {
 			r.errorf(p, "unknown key (did you mean %q?)", s)
 		} else {
@@ -80,8 +111,12 @@ func (r *reader) config(raw map[string]any) *Config {
 		} else {
 			r.known("control", t, controlKeys)
 			cfg.Control.Socket = r.str("control.socket", t, "socket", "")
-			if s := cfg.Control.Socket; s != "" && !strings.HasPrefix(s, "/") {
+			switch s := cfg.Control.Socket; {
+			case s == "":
+			case !strings.HasPrefix(s, "/"):
 				r.errorf("control.socket", "%q is not an absolute path", s)
+			case len(s) > unixaddr.MaxPath:
+				r.errorf("control.socket", "%q is %d bytes; a unix socket path holds at most %d", s, len(s), unixaddr.MaxPath)
 			}
 		}
 	}
@@ -113,8 +148,8 @@ func (r *reader) listen(path string, t map[string]any) Listen {
 	}
 	if l.Name == "" {
 		r.errorf(path+".name", "required: the socket's name, as workers see it in LISTEN_FDNAMES")
-	} else if msg := badName(l.Name); msg != "" {
-		r.errorf(path+".name", "%q %s", l.Name, msg)
+	} else if err := handoff.CheckName(l.Name); err != nil {
+		r.errorf(path+".name", "%v", err)
 	}
 	if l.Address == "" {
 		r.errorf(path+".address", `required, e.g. "tcp://127.0.0.1:8080" or "unix:/run/myapp.sock"`)
@@ -122,6 +157,9 @@ func (r *reader) listen(path string, t map[string]any) Listen {
 		r.errorf(path+".address", "%q: %v", l.Address, err)
 	} else {
 		l.Network, l.Addr = network, addr
+		if err := socketDir(l); err != nil {
+			r.errorf(path+".address", "%q: %v", l.Address, err)
+		}
 	}
 	if m := r.str(path+".mode", t, "mode", ""); m != "" {
 		n, err := strconv.ParseUint(m, 8, 32)
@@ -135,19 +173,6 @@ func (r *reader) listen(path string, t map[string]any) Listen {
 		r.errorf(path+".backlog", "must not be negative")
 	}
 	return l
-}
-
-// badName explains why a socket name cannot go into LISTEN_FDNAMES.
-func badName(name string) string {
-	if len(name) > 255 {
-		return "is longer than 255 bytes"
-	}
-	for _, c := range name {
-		if c == ':' || c < 0x20 || c == 0x7f {
-			return "may not contain ':' or control characters (LISTEN_FDNAMES is colon-separated)"
-		}
-	}
-	return ""
 }
 
 // parseAddress splits "tcp://host:port", "udp://…", "unix:/path",
@@ -184,12 +209,45 @@ func parseAddress(a string) (network, addr string, err error) {
 		case path[0] != '/':
 			return "", "", fmt.Errorf("socket path %q is not absolute", path)
 		}
-		if len(path) > 107 {
-			return "", "", fmt.Errorf("socket path is %d bytes; the kernel allows 107", len(path))
+		if len(path) > unixaddr.MaxPath {
+			return "", "", fmt.Errorf("socket path is %d bytes; a unix socket path holds at most %d", len(path), unixaddr.MaxPath)
 		}
 		return scheme, path, nil
 	}
 	return "", "", fmt.Errorf("unknown scheme %q (want tcp, tcp4, tcp6, udp, udp4, udp6, unix, unixgram or unixpacket)", scheme)
+}
+
+// addressKey identifies the socket address a [[listen]] entry binds, so
+// that two entries that would bind the same one are found: tcp, tcp4 and
+// tcp6 share one port space (udp likewise), IP addresses are compared in
+// canonical form (an empty host binds [::], an IPv4-mapped address binds the
+// IPv4 one), socket files by their cleaned path. Abstract unix names are
+// separate per socket type in the kernel. Port 0 (any free port) never
+// clashes, so its key is "".
+func addressKey(l Listen) string {
+	switch l.Network {
+	case "tcp", "tcp4", "tcp6", "udp", "udp4", "udp6":
+		host, port, _ := net.SplitHostPort(l.Addr)
+		p, _ := strconv.Atoi(port)
+		if p == 0 {
+			return ""
+		}
+		if host == "" {
+			host = "::"
+		}
+		if ip, err := netip.ParseAddr(host); err == nil {
+			host = ip.Unmap().String()
+		} else {
+			host = strings.ToLower(host)
+		}
+		return l.Network[:3] + " " + net.JoinHostPort(host, strconv.Itoa(p))
+	case "unix", "unixgram", "unixpacket":
+		if strings.HasPrefix(l.Addr, "@") {
+			return l.Network + " " + l.Addr
+		}
+		return "file " + filepath.Clean(l.Addr)
+	}
+	return ""
 }
 
 func (r *reader) worker(path string, t map[string]any, groups int) Worker {
@@ -219,7 +277,7 @@ func (r *reader) worker(path string, t map[string]any, groups int) Worker {
 			r.errorf(path+".name", "required when there is more than one [[worker]] group")
 		}
 		g.Name = "worker"
-	} else if msg := badName(g.Name); msg != "" || strings.ContainsAny(g.Name, "/ ") {
+	} else if handoff.CheckName(g.Name) != nil || strings.ContainsAny(g.Name, "/ ") {
 		r.errorf(path+".name", "%q may contain neither '/', ':', spaces nor control characters", g.Name)
 	}
 	if _, ok := t["command"]; !ok {
@@ -256,26 +314,30 @@ func (r *reader) worker(path string, t map[string]any, groups int) Worker {
 	if g.MaxDraining < 1 {
 		r.errorf(path+".max_draining", "must be at least 1")
 	}
-	if g.Dir != "" && !strings.HasPrefix(g.Dir, "/") {
-		r.errorf(path+".dir", "%q is not an absolute path", g.Dir)
+	if g.User != "" {
+		if _, _, err := lookupUser(g.User); err != nil {
+			r.errorf(path+".user", "%v", err)
+		}
 	}
-	for k := range g.Env {
+	if g.Group != "" {
+		if _, err := lookupGroup(g.Group); err != nil {
+			r.errorf(path+".group", "%v", err)
+		}
+	}
+	if g.Dir != "" {
+		if err := workDir(g.Dir); err != nil {
+			r.errorf(path+".dir", "%v", err)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(g.Env)) {
+		p := join(join(path, "env"), k)
 		if k == "" || strings.ContainsAny(k, "=\x00") {
-			r.errorf(path+".env", "%q is not a valid variable name", k)
-		} else if privateVar(k) {
-			r.errorf(path+".env."+k, "is set by sockshim for each worker and cannot be configured")
+			r.errorf(p, "%q is not a valid variable name", k)
+		} else if ReservedEnv(k) {
+			r.errorf(p, "is reserved by sockshim and cannot be configured")
 		}
 	}
 	return g
-}
-
-// privateVar reports variables sockshim itself sets for workers.
-func privateVar(k string) bool {
-	switch k {
-	case "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET":
-		return true
-	}
-	return strings.HasPrefix(k, "SOCKSHIM_")
 }
 
 // unique checks that names are not used twice.
@@ -288,6 +350,19 @@ func (r *reader) unique(cfg *Config) {
 		seen[l.Name] = i
 	}
 	seen = map[string]int{}
+	for i, l := range cfg.Listen {
+		key := addressKey(l)
+		if key == "" {
+			continue
+		}
+		if j, dup := seen[key]; dup {
+			at := fmt.Sprintf("listen[%d].address", j)
+			r.errorf(fmt.Sprintf("listen[%d].address", i), "%q is the same address as %s = %q (line %d)", l.Address, at, cfg.Listen[j].Address, r.line(at))
+		} else {
+			seen[key] = i
+		}
+	}
+	seen = map[string]int{}
 	for i, g := range cfg.Workers {
 		if j, dup := seen[g.Name]; dup {
 			r.errorf(fmt.Sprintf("worker[%d].name", i), "%q is already the name of worker[%d]", g.Name, j)
@@ -297,10 +372,7 @@ func (r *reader) unique(cfg *Config) {
 	if len(cfg.Listen) == 0 {
 		return // sockets come from systemd; checked when they arrive
 	}
-	var names []string
-	for _, l := range cfg.Listen {
-		names = append(names, l.Name)
-	}
+	names := cfg.ListenNames()
 	for i, g := range cfg.Workers {
 		for _, s := range g.Sockets {
 			if !slices.Contains(names, s) {
@@ -322,7 +394,8 @@ func quoteList(names []string) string {
 }
 
 // Typed getters: each returns def when the key is absent and records a
-// type error when it has the wrong type.
+// type error when it has the wrong type. No string may contain a NUL byte:
+// it cannot be part of a path, a name, an argument or an environment.
 
 func (r *reader) str(path string, t map[string]any, key, def string) string {
 	v, ok := t[key]
@@ -332,6 +405,10 @@ func (r *reader) str(path string, t map[string]any, key, def string) string {
 	s, ok := v.(string)
 	if !ok {
 		r.errorf(path, "want a string, got %s", typeName(v))
+		return def
+	}
+	if strings.IndexByte(s, 0) >= 0 {
+		r.errorf(path, "%q contains a NUL byte", s)
 		return def
 	}
 	return s
@@ -380,6 +457,10 @@ func (r *reader) strList(path string, t map[string]any, key string) []string {
 			r.errorf(path, "element %d: want a string, got %s", i, typeName(it))
 			return nil
 		}
+		if strings.IndexByte(s, 0) >= 0 {
+			r.errorf(path, "element %d: %q contains a NUL byte", i, s)
+			return nil
+		}
 		out = append(out, s)
 	}
 	return out
@@ -399,7 +480,11 @@ func (r *reader) strMap(path string, t map[string]any, key string) map[string]st
 	for _, k := range sortedKeys(m) {
 		s, ok := m[k].(string)
 		if !ok {
-			r.errorf(path+"."+k, "want a string, got %s", typeName(m[k]))
+			r.errorf(join(path, k), "want a string, got %s", typeName(m[k]))
+			continue
+		}
+		if strings.IndexByte(s, 0) >= 0 {
+			r.errorf(join(path, k), "%q contains a NUL byte", s)
 			continue
 		}
 		out[k] = s
@@ -408,18 +493,25 @@ func (r *reader) strMap(path string, t map[string]any, key string) map[string]st
 }
 
 func (r *reader) duration(path string, t map[string]any, key string, def time.Duration) time.Duration {
+	if s, ok := t[key].(string); ok && s == "" {
+		r.errorf(path, `empty duration (want e.g. "30s", "1m30s", "500ms")`)
+		return def
+	}
 	s := r.str(path, t, key, "")
 	if s == "" {
-		if _, present := t[key]; present {
-			if _, isStr := t[key].(string); isStr {
-				r.errorf(path, `empty duration (want e.g. "30s", "1m30s", "500ms")`)
-			}
-		}
 		return def
 	}
 	d, err := time.ParseDuration(s)
-	if err != nil {
+	switch {
+	case err == nil:
+	case !durationSyntax(s):
 		r.errorf(path, `%q is not a duration (want e.g. "30s", "1m30s", "500ms")`, s)
+		return def
+	case s[0] == '-':
+		r.errorf(path, "%q must be positive", s)
+		return def
+	default:
+		r.errorf(path, "%q is too long: the longest duration is %s (about 292 years)", s, time.Duration(math.MaxInt64))
 		return def
 	}
 	if d <= 0 {
@@ -427,6 +519,45 @@ func (r *reader) duration(path string, t map[string]any, key string, def time.Du
 		return def
 	}
 	return d
+}
+
+// durationSyntax reports whether s has the form time.ParseDuration accepts
+// ([-+]0, or [-+] then numbers with units), whatever its size: when it does
+// and ParseDuration still fails, the value overflowed.
+func durationSyntax(s string) bool {
+	if s != "" && (s[0] == '-' || s[0] == '+') {
+		s = s[1:]
+	}
+	if s == "0" {
+		return true
+	}
+	if s == "" {
+		return false
+	}
+	isDigit := func(r rune) bool { return '0' <= r && r <= '9' }
+	for s != "" {
+		whole := len(s) - len(strings.TrimLeftFunc(s, isDigit))
+		s = s[whole:]
+		frac := 0
+		if rest, ok := strings.CutPrefix(s, "."); ok {
+			frac = len(rest) - len(strings.TrimLeftFunc(rest, isDigit))
+			s = rest[frac:]
+		}
+		if whole+frac == 0 {
+			return false
+		}
+		end := strings.IndexFunc(s, func(r rune) bool { return r == '.' || isDigit(r) })
+		if end < 0 {
+			end = len(s)
+		}
+		switch s[:end] {
+		case "ns", "us", "µs", "μs", "ms", "s", "m", "h":
+		default:
+			return false
+		}
+		s = s[end:]
+	}
+	return true
 }
 
 func (r *reader) signal(path string, t map[string]any, key string, def syscall.Signal) syscall.Signal {

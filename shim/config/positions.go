@@ -2,125 +2,106 @@ package config
 
 import (
 	"fmt"
-	"strings"
+
+	"github.com/pelletier/go-toml/v2/unstable"
 )
 
-// lineIndex maps key paths (listen[0].address, worker[1].env, control) to the
-// line where they are written. The TOML library reports lines only for
-// syntax errors, so this small scanner follows table headers and key
-// assignments itself. It runs only on text the TOML parser already accepted,
-// which keeps it simple: it needs to understand headers, keys and the
-// multi-line values it must skip, nothing else.
+// lineIndex maps key paths, as the reader names them (listen[0].address,
+// worker[1].env.APP, control), to the line where each is written: the TOML
+// decoder reports lines only for syntax errors. It walks go-toml's parse
+// tree, which gives every key its place in src. A table defined only
+// implicitly (worker[0].env by env.APP = "x") gets the line of its first key.
+// On text the parser rejects it returns the lines found up to the error;
+// the decoder reports the error itself.
 func lineIndex(src string) map[string]int {
-	idx := map[string]int{}
-	arrays := map[string]int{} // [[name]] → count seen so far
-	table := ""                // current path prefix, e.g. "worker[1]"
-	lines := strings.Split(src, "\n")
-	for i := 0; i < len(lines); i++ {
-		line := strings.TrimSpace(lines[i])
-		n := i + 1
-		switch {
-		case line == "" || line[0] == '#':
-		case strings.HasPrefix(line, "[["):
-			name := normKey(strings.TrimSpace(line[2:strings.Index(line, "]]")]))
-			table = fmt.Sprintf("%s[%d]", name, arrays[name])
-			arrays[name]++
-			idx[table] = n
-		case line[0] == '[':
-			table = normKey(strings.TrimSpace(line[1:strings.Index(line, "]")]))
-			idx[table] = n
-		default:
-			eq := keyEnd(line)
-			if eq < 0 {
-				continue
-			}
-			key := normKey(strings.TrimSpace(line[:eq]))
-			path := key
-			if table != "" {
-				path = table + "." + key
-			}
-			if _, seen := idx[path]; !seen {
-				idx[path] = n
-			}
-			// Skip the continuation lines of a multi-line value.
-			i += continuation(line[eq+1:], lines[i+1:])
+	ix := indexer{lines: map[string]int{}, arrays: map[string]int{}}
+	ix.p.Reset([]byte(src))
+	table := ""
+	for ix.p.NextExpression() {
+		e := ix.p.Expression()
+		switch e.Kind {
+		case unstable.Table, unstable.ArrayTable:
+			table = ix.header(e)
+		case unstable.KeyValue:
+			ix.keyValue(table, e)
 		}
 	}
-	return idx
+	return ix.lines
 }
 
-// keyEnd returns the index of the '=' ending a key, skipping quoted keys.
-func keyEnd(line string) int {
-	quote := byte(0)
-	for i := 0; i < len(line); i++ {
-		c := line[i]
-		switch {
-		case quote != 0 && c == quote:
-			quote = 0
-		case quote != 0:
-		case c == '"' || c == '\'':
-			quote = c
-		case c == '=':
-			return i
+type indexer struct {
+	p      unstable.Parser
+	lines  map[string]int
+	arrays map[string]int // path of an array of tables → its elements so far
+}
+
+// line returns the line a node starts on, or 0 for nodes without a place
+// in the text (arrays have none; their elements do).
+func (ix *indexer) line(n *unstable.Node) int {
+	if n.Raw.Length == 0 {
+		return 0
+	}
+	return ix.p.Shape(n.Raw).Start.Line
+}
+
+// set records the first line of path.
+func (ix *indexer) set(path string, line int) {
+	if _, seen := ix.lines[path]; !seen && line > 0 {
+		ix.lines[path] = line
+	}
+}
+
+// header handles [a.b] and [[a.b]] and returns the path of the table it
+// opens. A key that names an array of tables refers to its last element, so
+// [worker.env] after the second [[worker]] is worker[1].env.
+func (ix *indexer) header(e *unstable.Node) string {
+	path := ""
+	it := e.Key()
+	for it.Next() {
+		k := it.Node()
+		path = join(path, string(k.Data))
+		line := ix.line(k)
+		if e.Kind == unstable.ArrayTable && it.IsLast() {
+			n := ix.arrays[path]
+			ix.arrays[path] = n + 1
+			ix.set(path, line)
+			path = fmt.Sprintf("%s[%d]", path, n)
+		} else if n, ok := ix.arrays[path]; ok {
+			path = fmt.Sprintf("%s[%d]", path, n-1)
+		}
+		ix.set(path, line)
+	}
+	return path
+}
+
+// keyValue records a possibly dotted key and, inside its value, the keys of
+// inline tables, also in arrays.
+func (ix *indexer) keyValue(table string, kv *unstable.Node) {
+	path := table
+	it := kv.Key()
+	for it.Next() {
+		k := it.Node()
+		path = join(path, string(k.Data))
+		ix.set(path, ix.line(k))
+	}
+	ix.value(path, kv.Value())
+}
+
+func (ix *indexer) value(path string, v *unstable.Node) {
+	switch v.Kind {
+	case unstable.InlineTable:
+		it := v.Children()
+		for it.Next() {
+			ix.keyValue(path, it.Node())
+		}
+	case unstable.Array:
+		i := 0
+		it := v.Children()
+		for it.Next() {
+			elem := fmt.Sprintf("%s[%d]", path, i)
+			ix.set(elem, ix.line(it.Node()))
+			ix.value(elem, it.Node())
+			i++
 		}
 	}
-	return -1
-}
-
-// normKey removes quotes and spaces around the parts of a dotted key.
-func normKey(k string) string {
-	parts := strings.Split(k, ".")
-	for i, p := range parts {
-		parts[i] = strings.Trim(strings.TrimSpace(p), `"'`)
-	}
-	return strings.Join(parts, ".")
-}
-
-// continuation counts the lines after the first one that a value starting
-// with rest occupies: open brackets or braces, or an open triple-quoted string.
-func continuation(rest string, next []string) int {
-	depth, inTriple := scan(rest, 0, "")
-	n := 0
-	for (depth > 0 || inTriple != "") && n < len(next) {
-		depth, inTriple = scan(next[n], depth, inTriple)
-		n++
-	}
-	return n
-}
-
-// scan tracks bracket depth and triple-quoted strings across one line.
-func scan(s string, depth int, triple string) (int, string) {
-	for i := 0; i < len(s); i++ {
-		if triple != "" {
-			if strings.HasPrefix(s[i:], triple) {
-				i += 2
-				triple = ""
-			}
-			continue
-		}
-		switch c := s[i]; {
-		case strings.HasPrefix(s[i:], `"""`) || strings.HasPrefix(s[i:], `'''`):
-			triple = s[i : i+3]
-			i += 2
-		case c == '"' || c == '\'':
-			// single-line string: skip to its end
-			for j := i + 1; j < len(s); j++ {
-				if c == '"' && s[j] == '\\' {
-					j++
-					continue
-				}
-				if s[j] == c {
-					i = j
-					break
-				}
-			}
-		case c == '#':
-			return depth, triple
-		case c == '[' || c == '{':
-			depth++
-		case c == ']' || c == '}':
-			depth--
-		}
-	}
-	return depth, triple
 }
