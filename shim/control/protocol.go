@@ -1,6 +1,13 @@
 package control
 
-import "time"
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
 
 // Request is what a client asks for.
 type Request struct {
@@ -49,3 +56,58 @@ type WorkerStatus struct {
 	Restarts   int           `json:"restarts"`
 	Status     string        `json:"status,omitempty"` // the worker's own STATUS=
 }
+
+// maxRequest bounds a request line, newline included.
+const maxRequest = 64 << 10
+
+// maxReply bounds a reply line, newline included.
+const maxReply = 16 << 20
+
+// readRequest reads and decodes the one request line of a conversation; a
+// last line without newline counts.
+func readRequest(r io.Reader) (Request, error) {
+	var req Request
+	line, err := bufio.NewReaderSize(r, maxRequest).ReadSlice('\n')
+	switch {
+	case errors.Is(err, bufio.ErrBufferFull):
+		return req, fmt.Errorf("request longer than %d KiB", maxRequest>>10)
+	case errors.Is(err, io.EOF) && len(line) > 0:
+	case err != nil:
+		return req, err
+	}
+	if err := json.Unmarshal(line, &req); err != nil {
+		return req, fmt.Errorf("malformed request: %w", err)
+	}
+	return req, nil
+}
+
+// readReply reads reply lines until the final one, handing each progress
+// line to progress (which may be nil). A final reply that reports failure
+// is returned with its error; errNoAnswer means the server hung up without
+// a final reply.
+func readReply(r io.Reader, progress func(string)) (*Reply, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), maxReply)
+	for sc.Scan() {
+		var rep Reply
+		if err := json.Unmarshal(sc.Bytes(), &rep); err != nil {
+			return nil, fmt.Errorf("malformed reply: %w", err)
+		}
+		if !rep.Done {
+			if progress != nil {
+				progress(rep.Progress)
+			}
+			continue
+		}
+		if rep.Error != "" {
+			return &rep, errors.New(rep.Error)
+		}
+		return &rep, nil
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	return nil, errNoAnswer
+}
+
+var errNoAnswer = errors.New("connection closed without a final reply")

@@ -1,64 +1,77 @@
 package control
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 
+	"github.com/sockshim/sockshim/internal/sockfile"
+	"github.com/sockshim/sockshim/internal/unixaddr"
 	"golang.org/x/sys/unix"
+)
+
+const (
+	// maxConns is how many conversations run at once; more connections
+	// are answered "busy" and closed.
+	maxConns = 16
+	// defaultRequestTimeout bounds the wait for a client's request line.
+	defaultRequestTimeout = 5 * time.Second
+	// Accept failures for want of descriptors or memory are retried after
+	// a pause that doubles from minAcceptDelay to maxAcceptDelay.
+	minAcceptDelay = 5 * time.Millisecond
+	maxAcceptDelay = time.Second
 )
 
 // Handler is what the server asks of the supervisor.
 type Handler interface {
-	// Reload runs (or joins) a reload and returns when it has ended;
-	// progress receives human-readable lines while it runs.
+	// Reload runs (or joins) a reload and returns when it has ended or ctx
+	// is done; progress receives human-readable lines while it runs.
 	Reload(ctx context.Context, progress func(string)) (string, error)
 	Status(ctx context.Context) (Status, error)
 }
 
 // Server accepts control connections.
 type Server struct {
-	ln   *net.UnixListener
-	path string
-	log  *slog.Logger
-	wg   sync.WaitGroup
+	ln             *net.UnixListener
+	path           string
+	log            *slog.Logger
+	requestTimeout time.Duration
+	slots          chan struct{} // one per running conversation
+
+	// ctx is canceled by Close, which ends every conversation.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu     sync.Mutex
+	closed bool // set by Close; no conversation starts after it
+	wg     sync.WaitGroup
 }
 
-// Listen creates the control socket at path with mode 0600, creating its
-// directory (0755) if needed and replacing a stale socket file.
+// Listen creates the control socket at path with mode 0600, in a directory
+// that only root or sockshim's own uid can write (created 0700 if missing),
+// replacing a socket file nobody answers on.
 func Listen(path string, log *slog.Logger) (*Server, error) {
-	// sun_path holds 108 bytes with its terminating NUL; bind would only
-	// say "invalid argument".
-	if len(path) >= len(unix.RawSockaddrUnix{}.Path) {
+	if len(path) > unixaddr.MaxPath {
 		return nil, fmt.Errorf("control socket path %s is %d bytes, longer than a unix socket address allows (%d); set a shorter [control] socket",
-			path, len(path), len(unix.RawSockaddrUnix{}.Path)-1)
+			path, len(path), unixaddr.MaxPath)
 	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("control socket directory: %w", err)
-	}
-	// A directory someone else owns could be swapped under us; the socket
-	// file's mode alone would not protect it.
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return nil, fmt.Errorf("control socket directory: %w", err)
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && int(st.Uid) != os.Getuid() {
-		return nil, fmt.Errorf("control socket directory %s belongs to uid %d, not to root or sockshim's uid %d", dir, st.Uid, os.Getuid())
-	}
-	if err := removeStale(path); err != nil {
+	if err := privateDir(filepath.Dir(path)); err != nil {
 		return nil, err
 	}
+	if err := sockfile.RemoveStale(path, unix.SOCK_STREAM); err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
 	// The umask is process-wide, so the mode is fixed with chmod right after
-	// bind; the peer check below makes the short window harmless.
+	// bind; the peer check makes the short window harmless.
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
@@ -68,55 +81,151 @@ func Listen(path string, log *slog.Logger) (*Server, error) {
 		ln.Close()
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	return &Server{ln: ln, path: path, log: log}, nil
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{ln: ln, path: path, log: log, requestTimeout: defaultRequestTimeout,
+		slots: make(chan struct{}, maxConns), ctx: ctx, cancel: cancel}, nil
 }
 
-// removeStale deletes a socket file nobody answers on; a live one means
-// another supervisor runs with the same config, which is an error.
-func removeStale(path string) error {
-	fi, err := os.Lstat(path)
+// privateDir makes sure nobody but root and sockshim's uid can replace
+// what is in dir: a missing dir is created 0700; an existing one must be a
+// directory itself (not a symlink), belong to root or this uid, and not be
+// writable by group or others (a sticky bit would still let anyone create a
+// socket there before sockshim does).
+func privateDir(dir string) error {
+	fi, err := os.Lstat(dir)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+			return fmt.Errorf("control socket directory: %w", err)
+		}
+		// EEXIST: someone was faster; what they made is checked below.
+		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("control socket directory: %w", err)
+		}
+		fi, err = os.Lstat(dir)
 	}
 	if err != nil {
-		return fmt.Errorf("control socket: %w", err)
+		return fmt.Errorf("control socket directory: %w", err)
 	}
-	if fi.Mode().Type() != os.ModeSocket {
-		return fmt.Errorf("control socket %s exists and is not a socket", path)
+	uid := os.Getuid()
+	switch st, _ := fi.Sys().(*syscall.Stat_t); {
+	case fi.Mode().Type() == os.ModeSymlink:
+		return fmt.Errorf("control socket directory %s is a symlink, not a directory", dir)
+	case !fi.IsDir():
+		return fmt.Errorf("control socket directory %s is not a directory", dir)
+	case st == nil:
+		return fmt.Errorf("control socket directory %s: no owner information", dir)
+	case st.Uid != 0 && int(st.Uid) != uid:
+		return fmt.Errorf("control socket directory %s belongs to uid %d, not to root or sockshim's uid %d", dir, st.Uid, uid)
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("control socket directory %s is writable by others (mode %v): another user could take the socket's place; use a directory only root or uid %d can write",
+			dir, fi.Mode().Perm(), uid)
 	}
-	if c, err := net.Dial("unix", path); err == nil {
-		c.Close()
-		return fmt.Errorf("control socket %s is in use: another sockshim runs with this config", path)
-	}
-	return os.Remove(path)
+	return nil
 }
 
 // Path is the socket's file name.
 func (s *Server) Path() string { return s.path }
 
-// Serve accepts connections until Close.
+// Serve accepts connections until Close. Accept failures caused by a
+// shortage of descriptors or memory are waited out with a backoff, logged
+// once per burst; any other failure closes the socket, so that clients are
+// refused instead of waiting for an answer that never comes.
 func (s *Server) Serve(h Handler) {
+	defer s.ln.Close()
+	var delay time.Duration
+	failed, busy := 0, 0
 	for {
 		c, err := s.ln.AcceptUnix()
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				s.log.Error("control socket accept failed", "err", err)
+			if errors.Is(err, net.ErrClosed) {
+				return
 			}
+			if !transient(err) {
+				s.log.Error("control socket accept failed; closing the control socket", "err", err)
+				return
+			}
+			if failed == 0 {
+				s.log.Warn("control socket accept failing; retrying", "err", err)
+			}
+			failed++
+			delay = min(max(2*delay, minAcceptDelay), maxAcceptDelay)
+			select {
+			case <-time.After(delay):
+			case <-s.ctx.Done():
+				return
+			}
+			continue
+		}
+		if failed > 0 {
+			s.log.Info("control socket accepting again", "failed_accepts", failed)
+			failed, delay = 0, 0
+		}
+		select {
+		case s.slots <- struct{}{}:
+			busy = 0
+		default:
+			if busy == 0 {
+				s.log.Warn("too many control connections; answering busy", "limit", maxConns)
+			}
+			busy++
+			refuse(c, fmt.Sprintf("sockshim is busy: %d control connections are open; try again", maxConns))
+			continue
+		}
+		if !s.track() {
+			c.Close()
 			return
 		}
-		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			defer func() { <-s.slots }()
 			s.serveConn(c, h)
 		}()
 	}
 }
 
-// Close stops accepting, removes the socket file and waits for open
-// conversations to finish.
+// track counts a new goroutine for Close to wait for, unless Close has
+// begun.
+func (s *Server) track() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Add(1)
+	return true
+}
+
+// transient reports whether an accept error passes once descriptors or
+// memory are freed, or concerns only the connection that failed.
+func transient(err error) bool {
+	for _, e := range []syscall.Errno{unix.EMFILE, unix.ENFILE, unix.ECONNABORTED, unix.ENOBUFS, unix.ENOMEM} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// refuse answers c with an error and closes it.
+func refuse(c net.Conn, msg string) {
+	c.SetWriteDeadline(time.Now().Add(time.Second))
+	json.NewEncoder(c).Encode(Reply{Done: true, Error: msg})
+	c.Close()
+}
+
+// Close stops accepting, removes the socket file, ends every conversation
+// (their handlers' contexts are canceled) and waits for them to return.
 func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
 	err := s.ln.Close()
+	s.cancel()
 	s.wg.Wait()
+	if errors.Is(err, net.ErrClosed) {
+		// Serve closed it already.
+		err = nil
+	}
 	return err
 }
 
@@ -127,26 +236,43 @@ func (s *Server) serveConn(c *net.UnixConn, h Handler) {
 		s.log.Warn("control connection without credentials refused", "err", err)
 		return
 	}
-	enc := json.NewEncoder(c)
 	if cred.Uid != 0 && int(cred.Uid) != os.Getuid() {
 		s.log.Warn("control connection refused", "peer_pid", cred.Pid, "peer_uid", cred.Uid)
-		enc.Encode(Reply{Done: true, Error: fmt.Sprintf("uid %d may not control this sockshim (only root and uid %d)", cred.Uid, os.Getuid())})
+		refuse(c, fmt.Sprintf("uid %d may not control this sockshim (only root and uid %d)", cred.Uid, os.Getuid()))
 		return
 	}
-	var req Request
-	line, err := bufio.NewReader(c).ReadBytes('\n')
-	if err == nil {
-		err = json.Unmarshal(line, &req)
+	// The conversation ends when Close is called or the client hangs up
+	// (say, systemctl reload timed out): every read and write on c then
+	// fails at once, and the handler's ctx is done. A reload the
+	// conversation started still runs to its end.
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+
+	c.SetReadDeadline(time.Now().Add(s.requestTimeout))
+	req, err := readRequest(c)
+	if ctx.Err() != nil {
+		return
 	}
 	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			err = fmt.Errorf("no request within %s", s.requestTimeout)
+		}
 		s.log.Warn("malformed control request", "peer_pid", cred.Pid, "err", err)
-		enc.Encode(Reply{Done: true, Error: "malformed request: " + err.Error()})
+		refuse(c, err.Error())
 		return
 	}
-	// The conversation ends early if the client goes away (say, systemctl
-	// reload timed out); a reload it started still runs to its end.
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	c.SetReadDeadline(time.Time{})
+	if s.track() {
+		go func() {
+			defer s.wg.Done()
+			// Clients send nothing after the request: a read returns
+			// only when the client hangs up (or c is closed).
+			io.Copy(io.Discard, c)
+			cancel()
+		}()
+	}
+	enc := json.NewEncoder(c)
 	switch req.Command {
 	case "reload":
 		s.log.Info("reload requested", "via", "control socket", "peer_pid", cred.Pid)
@@ -168,6 +294,8 @@ func (s *Server) serveConn(c *net.UnixConn, h Handler) {
 	}
 }
 
+// peerCred returns the credentials of the process at the other end of c:
+// the client for a server, the process that called listen for a client.
 func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
