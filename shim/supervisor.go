@@ -5,16 +5,17 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"slices"
-	"strconv"
+	"strings"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/sockshim/sockshim/handoff"
 	"github.com/sockshim/sockshim/shim/config"
 	"github.com/sockshim/sockshim/shim/control"
+	"github.com/sockshim/sockshim/shim/core"
 	"github.com/sockshim/sockshim/shim/notify"
 	"github.com/sockshim/sockshim/shim/sockets"
+	"golang.org/x/sys/unix"
 )
 
 // Options configure a Supervisor. Config and Sockets are required.
@@ -36,7 +37,10 @@ type Options struct {
 	LoadConfig func() (*config.Config, error)
 }
 
-// Supervisor runs the worker groups of one config.
+// Supervisor is the executor of a core.Machine: it carries the machine's
+// effects out on the host (processes, signals, timers, the notify socket)
+// and feeds their outcomes back as events. Run's goroutine owns the machine
+// and everything below the line in the struct; other goroutines only post.
 type Supervisor struct {
 	log            *slog.Logger
 	up             *notify.Upstream
@@ -46,39 +50,34 @@ type Supervisor struct {
 	sockets        []handoff.Socket
 	socketIDs      map[string]bool // the sockets as /proc/PID/fd names them
 	loadConfig     func() (*config.Config, error)
-	events         chan event
+	inputs         chan any // core.Event, or one of the requests below
 	done           chan struct{}
-	started        time.Time
 
-	// State below is owned by the Run goroutine.
-	cfg        *config.Config
-	gen        int // newest generation number handed out
-	groups     []*group
-	retired    []*group // removed from the config by a reload, still draining
-	readySent  bool
-	stopping   bool
-	reload     *reloadRun      // the reload in progress, if any
-	pending    []*reloadWaiter // requests that arrived during it
-	reloads    int
-	lastStatus string
+	m          *core.Machine
+	queue      []core.Event // outcomes known at once, stepped before the next input
+	procs      map[core.WorkerID]*proc
+	timers     map[core.TimerID]*time.Timer
+	probes     map[core.WorkerID]context.CancelFunc
+	waiters    map[core.WaiterID]*reloadWaiter
+	lastWaiter core.WaiterID
 }
 
-// group is the runtime side of one [[worker]] entry.
-type group struct {
-	cfg      config.Worker // config of the workers in slots
-	gen      int           // generation new workers of this group get
-	slots    []*slot       // index is the worker id
-	draining []*worker     // told to stop, any generation, oldest first
-	rollout  *rollout      // non-nil while a reload replaces this group's workers
-}
+// Requests from other goroutines that are not events of the machine.
+type (
+	reloadRequested struct{ w *reloadWaiter }
+	statusRequested struct{ reply chan control.Status }
+	watchdogTick    struct{}
+	notifyRejected  struct {
+		w   core.WorkerID
+		pid int
+		err error
+	}
+)
 
-// slot is one worker id of a group: the worker currently filling it and the
-// crash-loop accounting that outlives individual processes.
-type slot struct {
-	cur       *worker // nil while a respawn is pending
-	failures  int     // consecutive crashes, reset by a stable run
-	restarts  int     // total respawns, for status
-	respawnAt time.Time
+// reloadWaiter is one caller waiting for a reload's outcome.
+type reloadWaiter struct {
+	lines  chan string // progress; dropped when the caller is slow
+	result chan core.Answer
 }
 
 // New checks that the config's worker groups can be served from the given
@@ -99,9 +98,13 @@ func New(o Options) (*Supervisor, error) {
 		baseEnv:    os.Environ(),
 		sockets:    o.Sockets,
 		loadConfig: o.LoadConfig,
-		events:     make(chan event, 64),
+		inputs:     make(chan any, 64),
 		done:       make(chan struct{}),
-		cfg:        o.Config,
+		m:          core.New(o.Config),
+		procs:      map[core.WorkerID]*proc{},
+		timers:     map[core.TimerID]*time.Timer{},
+		probes:     map[core.WorkerID]context.CancelFunc{},
+		waiters:    map[core.WaiterID]*reloadWaiter{},
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -127,30 +130,19 @@ func New(o Options) (*Supervisor, error) {
 		path := o.Config.Path
 		s.loadConfig = func() (*config.Config, error) { return config.Load(path) }
 	}
-	for _, gc := range o.Config.Workers {
-		s.groups = append(s.groups, s.newGroup(gc, 1))
-	}
 	return s, nil
 }
 
-func (s *Supervisor) newGroup(gc config.Worker, gen int) *group {
-	g := &group{cfg: gc, gen: gen, slots: make([]*slot, gc.Count)}
-	for i := range g.slots {
-		g.slots[i] = &slot{}
-	}
-	return g
-}
-
 // Stop asks the supervisor to drain every worker and return from Run. A
-// forced stop SIGKILLs the workers at once (the second SIGINT of an operator
-// who does not want to wait).
-func (s *Supervisor) Stop(force bool) { s.post(stopRequested{force: force}) }
+// forced stop SIGKILLs the workers at once (the second SIGINT or SIGTERM of
+// an operator who does not want to wait).
+func (s *Supervisor) Stop(force bool) { s.post(core.StopRequested{Force: force}) }
 
 // Reload starts a reload, or joins the next one if a reload is running, and
 // waits for its end. progress receives a line per step; it runs on the
 // caller's goroutine, so a slow client never stalls the supervisor.
 func (s *Supervisor) Reload(ctx context.Context, progress func(string)) (string, error) {
-	w := &reloadWaiter{lines: make(chan string, 256), result: make(chan reloadResult, 1)}
+	w := &reloadWaiter{lines: make(chan string, 256), result: make(chan core.Answer, 1)}
 	s.post(reloadRequested{w: w})
 	for {
 		select {
@@ -164,7 +156,7 @@ func (s *Supervisor) Reload(ctx context.Context, progress func(string)) (string,
 					progress(line)
 				}
 			}
-			return r.message, r.err
+			return r.Message, r.Err
 		case <-s.done:
 			return "", fmt.Errorf("sockshim stopped before the reload ended")
 		case <-ctx.Done():
@@ -187,37 +179,43 @@ func (s *Supervisor) Status(ctx context.Context) (control.Status, error) {
 	}
 }
 
-// post delivers an event to the state goroutine, or drops it once Run has
+// post delivers an input to Run's goroutine, or drops it once Run has
 // returned, so timers and reapers that fire late never block forever.
-func (s *Supervisor) post(ev event) {
+func (s *Supervisor) post(in any) {
 	select {
-	case s.events <- ev:
+	case s.inputs <- in:
 	case <-s.done:
 	}
 }
 
-func (s *Supervisor) now() time.Time { return time.Now() }
-
-// Run starts generation 1 and handles events until a stop has drained every
-// worker. It is the only goroutine that touches supervisor state.
+// Run starts generation 1 and handles inputs until a stop has reaped every
+// worker.
 func (s *Supervisor) Run() error {
 	defer close(s.done)
-	s.started = s.now()
-	s.gen = 1
-	s.log.Info("starting", "generation", s.gen, "groups", len(s.groups), "sockets", len(s.sockets))
-	for _, g := range s.groups {
-		for id := range g.slots {
-			s.fill(g, id)
+	s.log.Info("sockets held", "count", len(s.sockets))
+	s.startWatchdog()
+	s.step(core.Boot{})
+	for !s.m.Done() {
+		switch in := (<-s.inputs).(type) {
+		case core.Event:
+			s.step(in)
+		case reloadRequested:
+			s.lastWaiter++
+			s.waiters[s.lastWaiter] = in.w
+			s.step(core.ReloadRequested{Waiter: s.lastWaiter})
+		case statusRequested:
+			st := s.m.Status(time.Now())
+			st.PID = os.Getpid()
+			in.reply <- st
+		case watchdogTick:
+			// Answering at all proves this goroutine is not wedged.
+			s.up.Send("WATCHDOG=1")
+		case notifyRejected:
+			s.log.Warn("notify datagram rejected", "worker_id", in.w, "sender_pid", in.pid, "err", in.err)
 		}
 	}
-	s.startWatchdog()
-	s.publishStatus()
-	for ev := range s.events {
-		s.handle(ev)
-		if s.stopping && len(s.liveWorkers()) == 0 {
-			break
-		}
-		s.publishStatus()
+	for _, t := range s.timers {
+		t.Stop()
 	}
 	if !s.up.Flush(2 * time.Second) {
 		s.log.Warn("the service manager did not take our last notifications within 2s")
@@ -226,274 +224,133 @@ func (s *Supervisor) Run() error {
 	return nil
 }
 
-func (s *Supervisor) handle(ev event) {
-	switch ev := ev.(type) {
-	case exited:
-		s.onExit(ev)
-	case notified:
-		s.onNotify(ev.w, ev.msg)
-	case notifyRejected:
-		s.log.Warn("notify datagram rejected", "worker", ev.w, "sender_pid", ev.pid, "err", ev.err)
-	case probed:
-		if ev.w.state == starting {
-			s.markReady(ev.w)
+// step hands ev to the machine and carries out its effects; outcomes known
+// at once queue up and are stepped in order after it, never inside it.
+func (s *Supervisor) step(ev core.Event) {
+	s.queue = append(s.queue, ev)
+	for len(s.queue) > 0 {
+		ev := s.queue[0]
+		s.queue = s.queue[1:]
+		switch ev := ev.(type) {
+		case core.Exited:
+			s.reaped(ev.Worker)
+		case core.TimerFired:
+			delete(s.timers, ev.Timer)
 		}
-	case readyTimedOut:
-		s.onReadyTimeout(ev.w)
-	case drainExpired:
-		if ev.w.live() {
-			s.log.Warn("worker still running at drain_timeout, killing it", "worker", ev.w, "pid", ev.w.pid,
-				"generation", ev.w.gen, "drain_timeout", ev.w.cfg.DrainTimeout)
-			ev.w.killed = "still running at drain_timeout"
-			ev.w.kill()
-		}
-	case respawnDue:
-		if !s.stopping && ev.id < len(ev.g.slots) && ev.g.slots[ev.id].cur == nil && s.hasGroup(ev.g) {
-			s.fill(ev.g, ev.id)
-		}
-	case stopRequested:
-		s.beginStop(ev.force)
-	case reloadRequested:
-		s.onReloadRequest(ev.w)
-	case releaseDone:
-		s.onReleaseDone(ev)
-	case statusRequested:
-		ev.reply <- s.snapshot()
-	case watchdogTick:
-		// Answering at all proves the state goroutine is not wedged.
-		s.notifyUp("WATCHDOG=1")
-	}
-}
-
-// allGroups returns, in a new slice, the config's groups and then the
-// removed ones still draining.
-func (s *Supervisor) allGroups() []*group { return slices.Concat(s.groups, s.retired) }
-
-func (s *Supervisor) hasGroup(g *group) bool {
-	for _, h := range s.groups {
-		if h == g {
-			return true
-		}
-	}
-	return false
-}
-
-// fill starts a worker of the group's current generation in an empty slot.
-func (s *Supervisor) fill(g *group, id int) {
-	sl := g.slots[id]
-	w, err := s.spawn(g, g.cfg, id, g.gen)
-	if err != nil {
-		sl.failures++
-		d := backoff(sl.failures)
-		s.log.Error("starting worker failed", "group", g.cfg.Name, "id", id, "err", err, "retry_in", d)
-		s.scheduleRespawn(g, id, d)
-		return
-	}
-	sl.cur = w
-	s.log.Info("worker started", "worker", w, "pid", w.pid, "generation", w.gen)
-	s.watchReadiness(w)
-}
-
-func (s *Supervisor) scheduleRespawn(g *group, id int, d time.Duration) {
-	g.slots[id].respawnAt = s.now().Add(d)
-	time.AfterFunc(d, func() { s.post(respawnDue{g: g, id: id}) })
-}
-
-func (s *Supervisor) onNotify(w *worker, m notify.Message) {
-	if !w.accepts(m.PID) {
-		s.log.Warn("notify datagram from a process outside the worker ignored", "worker", w, "sender_pid", m.PID)
-		return
-	}
-	if st, ok := m.Get("STATUS"); ok {
-		w.status = st
-	}
-	if m.Ready() && w.state == starting {
-		// The config says who decides readiness: a server that notifies
-		// too early (before its app is loaded) is why "command" exists.
-		if w.cfg.Ready == config.ReadyNotify {
-			s.markReady(w)
-		} else {
-			s.log.Debug("READY=1 from the worker ignored", "worker", w, "pid", w.pid, "ready", w.cfg.Ready)
+		for _, e := range s.m.Step(time.Now(), ev) {
+			s.apply(e)
 		}
 	}
 }
 
-func (s *Supervisor) markReady(w *worker) {
-	w.stopTimer()
-	w.state = ready
-	w.readyAt = s.now()
-	s.log.Info("worker ready", "worker", w, "pid", w.pid, "generation", w.gen, "after", w.readyAt.Sub(w.started).Round(time.Millisecond))
-	if ro := w.group.rollout; ro != nil && ro.owns(w) {
-		s.rolloutReady(w.group, w)
-		return
-	}
-	if !s.readySent {
-		// The first start is making progress; a slow one (many workers,
-		// long ready times) gets more time than TimeoutStartSec=.
-		s.extendTimeout(w.cfg.ReadyTimeout + 5*time.Second)
-	}
-	if !s.readySent && s.allReady() {
-		s.readySent = true
-		s.log.Info("serving", "generation", s.gen)
-		s.notifyUp("READY=1", "STATUS="+s.statusLine())
-	}
-}
-
-func (s *Supervisor) allReady() bool {
-	for _, g := range s.groups {
-		for _, sl := range g.slots {
-			if sl.cur == nil || sl.cur.state != ready {
-				return false
-			}
+func (s *Supervisor) apply(e core.Effect) {
+	switch e := e.(type) {
+	case core.Start:
+		p, err := s.spawn(e)
+		if err != nil {
+			s.queue = append(s.queue, core.SpawnFailed{Worker: e.Worker, Err: err})
+			return
 		}
-	}
-	return true
-}
-
-// onReadyTimeout asks a worker that never became ready to stop, gracefully:
-// it may already be accepting connections from the shared socket, and those
-// deserve answers. drain_timeout still bounds it.
-func (s *Supervisor) onReadyTimeout(w *worker) {
-	if w.state != starting {
-		return
-	}
-	s.log.Error("worker not ready within ready_timeout, stopping it", "worker", w, "pid", w.pid,
-		"generation", w.gen, "ready", w.cfg.Ready, "ready_timeout", w.cfg.ReadyTimeout)
-	w.failure = fmt.Sprintf("not ready within ready_timeout (%s)", w.cfg.ReadyTimeout)
-	if ro := w.group.rollout; ro != nil && ro.owns(w) {
-		s.rolloutFailed(w.group, w)
-		return
-	}
-	s.drain(w)
-}
-
-func (s *Supervisor) onExit(ev exited) {
-	w := ev.w
-	w.stopTimer()
-	w.proxy.Close()
-	prev := w.state
-	w.state = gone
-	if w.kill() {
-		s.log.Warn("killed processes the worker left behind in its process group", "worker", w, "pgid", w.pid)
-	}
-	g := w.group
-	if i := indexOf(g.draining, w); i >= 0 {
-		g.draining = append(g.draining[:i], g.draining[i+1:]...)
-	}
-	s.forgetRetired()
-	// A drained worker is done, unless it was drained because it never
-	// became ready: its slot still waits for one that works.
-	inSlot := w.id < len(g.slots) && g.slots[w.id].cur == w
-	if prev == draining && !inSlot {
-		s.log.Info("worker exited", "worker", w, "pid", w.pid, "generation", w.gen, "status", ev.status)
-		return
-	}
-	if w.failure == "" {
-		w.failure = "exited with " + ev.status
-		if prev == starting {
-			w.failure += " before it was ready"
+		s.procs[e.Worker] = p
+		s.queue = append(s.queue, core.Spawned{Worker: e.Worker, PID: p.pid})
+	case core.Signal:
+		if p := s.procs[e.Worker]; p != nil {
+			p.signal(e.Signal, s.log)
 		}
-	}
-	w.tail = ev.tail
-	if ro := g.rollout; ro != nil && ro.owns(w) {
-		s.rolloutFailed(g, w)
-		return
-	}
-	if !inSlot || s.stopping {
-		s.log.Info("worker exited", "worker", w, "pid", w.pid, "generation", w.gen, "status", ev.status)
-		return
-	}
-	sl := g.slots[w.id]
-	sl.cur = nil
-	if prev == ready && s.now().Sub(w.readyAt) >= stableAfter {
-		sl.failures = 0
-	}
-	sl.failures++
-	sl.restarts++
-	d := backoff(sl.failures)
-	attrs := []any{"worker", w, "pid", w.pid, "generation", w.gen, "status", ev.status,
-		"ran", s.now().Sub(w.started).Round(time.Millisecond), "restart_in", d, "consecutive_failures", sl.failures}
-	switch {
-	case w.killed != "":
-		attrs = append(attrs, "reason", w.killed)
-	case prev == draining:
-		attrs = append(attrs, "reason", w.failure)
-	}
-	if prev != ready && len(ev.tail) > 0 {
-		attrs = append(attrs, "stderr_tail", ev.tail)
-	}
-	s.log.Error("worker exited unexpectedly", attrs...)
-	s.scheduleRespawn(g, w.id, d)
-}
-
-func indexOf(ws []*worker, w *worker) int {
-	for i, x := range ws {
-		if x == w {
-			return i
+	case core.Kill:
+		if p := s.procs[e.Worker]; p != nil {
+			p.killGroup()
 		}
-	}
-	return -1
-}
-
-func (s *Supervisor) beginStop(force bool) {
-	if !s.stopping {
-		s.stopping = true
-		s.log.Info("stopping: draining all workers")
-		s.notifyUp("STOPPING=1", "STATUS=stopping")
-		s.abortReload(fmt.Errorf("sockshim is stopping"))
-	}
-	for _, w := range s.liveWorkers() {
-		switch {
-		case force:
-			w.killed = "forced stop"
-			w.kill()
-		case w.state != draining:
-			s.drain(w)
+	case core.SetTimer:
+		id := e.Timer
+		s.timers[id] = time.AfterFunc(e.After, func() { s.post(core.TimerFired{Timer: id}) })
+	case core.CancelTimer:
+		if t := s.timers[e.Timer]; t != nil {
+			t.Stop()
+			delete(s.timers, e.Timer)
 		}
-	}
-}
-
-// liveWorkers returns every worker not yet reaped: current, rolling out and
-// draining.
-func (s *Supervisor) liveWorkers() []*worker {
-	var ws []*worker
-	for _, g := range s.allGroups() {
-		for _, sl := range g.slots {
-			if sl.cur != nil && sl.cur.live() {
-				ws = append(ws, sl.cur)
-			}
+	case core.StartProbe:
+		ctx, cancel := context.WithTimeout(context.Background(), e.Config.ReadyTimeout)
+		s.probes[e.Worker] = cancel
+		go s.probeLoop(ctx, e)
+	case core.StopProbe:
+		if cancel := s.probes[e.Worker]; cancel != nil {
+			cancel()
+			delete(s.probes, e.Worker)
 		}
-		if g.rollout != nil {
-			for _, w := range g.rollout.workers {
-				if w != nil && w.live() && w.state != draining {
-					ws = append(ws, w)
+	case core.Notify:
+		lines := e.Lines
+		if e.Monotonic {
+			lines = append(lines, strings.TrimSuffix(daemon.SdNotifyMonotonicUsec(), "\n"))
+		}
+		s.up.Send(lines...)
+	case core.Progress:
+		for _, id := range e.Waiters {
+			if w := s.waiters[id]; w != nil {
+				select {
+				case w.lines <- e.Line:
+				default:
 				}
 			}
 		}
-		for _, w := range g.draining {
-			if w.live() && indexOf(ws, w) < 0 {
-				ws = append(ws, w)
-			}
+	case core.Answer:
+		if w := s.waiters[e.Waiter]; w != nil {
+			w.result <- e
+			delete(s.waiters, e.Waiter)
 		}
+	case core.Log:
+		s.log.Log(context.Background(), e.Level, e.Msg, e.Attrs...)
+	case core.LoadConfig:
+		cfg, err := s.loadConfig()
+		if err == nil {
+			err = cfg.CheckSocketNames(sockets.Names(s.sockets))
+		}
+		s.queue = append(s.queue, core.ConfigLoaded{Config: cfg, Err: err})
+	case core.AwaitRelease:
+		s.awaitRelease(e)
+	default:
+		panic(fmt.Sprintf("shim: unknown effect %T", e))
 	}
-	return ws
 }
 
-// notifyUp queues a message for the service manager; it never blocks.
-func (s *Supervisor) notifyUp(lines ...string) { s.up.Send(lines...) }
-
-// publishStatus sends STATUS= when the one-line summary changed.
-func (s *Supervisor) publishStatus() {
-	line := s.statusLine()
-	if line == s.lastStatus {
+// reaped releases what a worker's process held once the machine hears of its
+// exit, and kills what it left behind in its process group: nothing
+// supervises those.
+func (s *Supervisor) reaped(id core.WorkerID) {
+	p := s.procs[id]
+	if p == nil {
 		return
 	}
-	s.lastStatus = line
-	s.notifyUp("STATUS=" + line)
+	delete(s.procs, id)
+	p.proxy.Close()
+	if unix.Kill(-p.pid, unix.SIGKILL) == nil {
+		s.log.Warn("killed processes the worker left behind in its process group", "worker", p.name, "pgid", p.pid)
+	}
 }
 
-// startWatchdog pings systemd at half the WatchdogSec= interval, through the
-// event loop, so a wedged state goroutine stops the pings and systemd acts.
+// awaitRelease waits, off Run's goroutine, until the draining workers'
+// process groups no longer hold a listening socket (see release.go).
+func (s *Supervisor) awaitRelease(e core.AwaitRelease) {
+	var pgids []int
+	for _, id := range e.Workers {
+		if p := s.procs[id]; p != nil {
+			pgids = append(pgids, p.pid)
+		}
+	}
+	if len(pgids) == 0 || s.socketIDs == nil {
+		s.queue = append(s.queue, core.Released{Gen: e.Gen})
+		return
+	}
+	ids := s.socketIDs
+	go func() {
+		start := time.Now()
+		held := awaitRelease(pgids, ids, releaseTimeout)
+		s.post(core.Released{Gen: e.Gen, Held: held, Took: time.Since(start)})
+	}()
+}
+
+// startWatchdog pings systemd at half the WatchdogSec= interval, through
+// Run's goroutine, so a wedged supervisor stops the pings and systemd acts.
 func (s *Supervisor) startWatchdog() {
 	interval, err := daemon.SdWatchdogEnabled(false)
 	if err != nil {
@@ -516,10 +373,4 @@ func (s *Supervisor) startWatchdog() {
 			}
 		}
 	}()
-}
-
-// extendTimeout asks systemd for more time on the running start or reload
-// job, because a worker just made progress.
-func (s *Supervisor) extendTimeout(d time.Duration) {
-	s.notifyUp("EXTEND_TIMEOUT_USEC=" + strconv.FormatInt(d.Microseconds(), 10))
 }

@@ -3,6 +3,7 @@ package shim
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"os/user"
@@ -12,99 +13,49 @@ import (
 
 	"github.com/sockshim/sockshim/handoff"
 	"github.com/sockshim/sockshim/shim/config"
+	"github.com/sockshim/sockshim/shim/core"
 	"github.com/sockshim/sockshim/shim/notify"
 	"github.com/sockshim/sockshim/shim/sockets"
 	"golang.org/x/sys/unix"
 )
 
-// workerState is where a worker is in its life. Transitions happen only on
-// the state goroutine.
-type workerState int
-
-const (
-	starting workerState = iota // started, not yet ready
-	ready                       // serving
-	draining                    // told to stop; finishing in-flight work
-	gone                        // reaped
-)
-
-func (s workerState) String() string {
-	return [...]string{"starting", "ready", "draining", "exited"}[s]
-}
-
-// worker is one process of one generation of a group.
-type worker struct {
-	group   *group
-	cfg     config.Worker // the config it was started with
-	id      int           // 0…count-1, stable across generations
-	gen     int
+// proc is the host side of one worker: its process and what sockshim holds
+// for it.
+type proc struct {
+	name    string // web[0], for logs
 	pid     int
-	state   workerState
-	started time.Time
-	readyAt time.Time
+	process *os.Process // signals go through its pidfd, never a reused pid
 	proxy   *notify.Proxy
-	stderr  *stderrTail
-	// timer is the pending ready_timeout or drain deadline; stopped on the
-	// transition that makes it moot.
-	timer *time.Timer
-	// cancelProbe stops a running delay or command readiness check.
-	cancelProbe func()
-	// killed records why sockshim itself SIGKILLed the worker.
-	killed string
-	// failure says why the worker failed, for the reload's answer; tail is
-	// what it last wrote to stderr.
-	failure string
-	tail    []string
-	// status is the worker's own last STATUS= line.
-	status string
-	// rollingOut marks a worker of a reload that has not yet taken over
-	// its slot.
-	rollingOut bool
-}
-
-func (w *worker) String() string { return fmt.Sprintf("%s[%d]", w.cfg.Name, w.id) }
-
-func (w *worker) live() bool { return w.state != gone }
-
-func (w *worker) stopTimer() {
-	if w.timer != nil {
-		w.timer.Stop()
-		w.timer = nil
-	}
-	if w.cancelProbe != nil {
-		w.cancelProbe()
-		w.cancelProbe = nil
-	}
 }
 
 // spawn starts one worker: the trampoline (sockshim's own binary in its
 // internal mode) in a new process group, hands it the group's sockets over a
 // SOCK_SEQPACKET pair, and arranges for its exit, notify datagrams and stderr
 // to come back as events. The trampoline then execs the worker command, which
-// keeps the pid, so w.pid is the worker's pid.
-func (s *Supervisor) spawn(g *group, cfg config.Worker, id, gen int) (*worker, error) {
-	w := &worker{group: g, cfg: cfg, id: id, gen: gen, state: starting}
-	proxy, err := notify.Listen(fmt.Sprintf("%s.%d.g%d", cfg.Name, id, gen))
+// keeps the pid. Every error says which step failed.
+func (s *Supervisor) spawn(e core.Start) (*proc, error) {
+	cfg := e.Config
+	name := fmt.Sprintf("%s[%d]", cfg.Name, e.Slot)
+	proxy, err := notify.Listen(fmt.Sprintf("%s.%d.g%d", cfg.Name, e.Slot, e.Gen))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: notify socket: %w", name, err)
 	}
-	w.proxy = proxy
-	cmd, err := s.trampolineCmd(w)
+	cmd, err := s.trampolineCmd(cfg, proxy.Addr(), e.Slot, e.Gen)
 	if err != nil {
 		proxy.Close()
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	parent, child, err := handoff.Pair()
 	if err != nil {
 		proxy.Close()
-		return nil, err
+		return nil, fmt.Errorf("%s: handoff socket pair: %w", name, err)
 	}
 	defer parent.Close()
 	errR, errW, err := os.Pipe()
 	if err != nil {
 		child.Close()
 		proxy.Close()
-		return nil, fmt.Errorf("stderr pipe: %w", err)
+		return nil, fmt.Errorf("%s: stderr pipe: %w", name, err)
 	}
 	// An *os.File as Stderr is passed straight to the child, so cmd.Wait does
 	// not wait for the pipe: a grandchild holding it open cannot delay the
@@ -117,50 +68,64 @@ func (s *Supervisor) spawn(g *group, cfg config.Worker, id, gen int) (*worker, e
 	if err != nil {
 		errR.Close()
 		proxy.Close()
-		return nil, fmt.Errorf("start %s: %w", w, err)
+		return nil, fmt.Errorf("%s: %w", name, startError(cfg, err))
 	}
-	w.pid = cmd.Process.Pid
-	w.started = s.now()
-	w.stderr = newStderrTail(errR, s.stderr)
+	p := &proc{name: name, pid: cmd.Process.Pid, process: cmd.Process, proxy: proxy}
+	tail := newStderrTail(errR, s.stderr)
 	if err := handoff.Send(parent, sockets.Select(s.sockets, cfg.Sockets)); err != nil {
 		// The trampoline is blocked in Receive or already gone; either way
-		// it must not run a worker without its sockets.
-		_ = unix.Kill(-w.pid, unix.SIGKILL)
-		s.log.Error("handing sockets to worker failed", "worker", w, "pid", w.pid, "err", err)
+		// it must not run a worker without its sockets. Its exit reports it.
+		p.killGroup()
+		s.log.Error("handing sockets to worker failed", "worker", name, "pid", p.pid, "err", err)
 	}
+	id := e.Worker
 	go proxy.Serve(
-		func(m notify.Message) { s.post(notified{w: w, msg: m}) },
-		func(pid int, err error) { s.post(notifyRejected{w: w, pid: pid, err: err}) },
+		func(m notify.Message) {
+			if accepts(p.pid, m.PID) {
+				s.post(core.Notified{Worker: id, Msg: m})
+			} else {
+				s.post(notifyRejected{w: id, pid: m.PID, err: errors.New("sender is outside the worker's process group")})
+			}
+		},
+		func(pid int, err error) { s.post(notifyRejected{w: id, pid: pid, err: err}) },
 	)
-	go s.reap(w, cmd)
-	return w, nil
+	go s.reap(id, cmd, tail)
+	return p, nil
+}
+
+// startError says why the trampoline could not be started; exec reports a
+// missing working directory as if the binary were missing.
+func startError(cfg config.Worker, err error) error {
+	if cfg.Dir != "" {
+		if _, serr := os.Stat(cfg.Dir); serr != nil {
+			return fmt.Errorf("working directory: %w", serr)
+		}
+	}
+	return fmt.Errorf("starting the trampoline: %w", err)
 }
 
 // reap waits for the worker and reports its exit. It gives the stderr copier
 // a moment to drain so the exit event carries the worker's last words, but
 // never waits on a pipe a surviving grandchild might hold forever.
-func (s *Supervisor) reap(w *worker, cmd *exec.Cmd) {
+func (s *Supervisor) reap(id core.WorkerID, cmd *exec.Cmd, tail *stderrTail) {
 	err := cmd.Wait()
 	select {
-	case <-w.stderr.done:
+	case <-tail.done:
 	case <-time.After(200 * time.Millisecond):
 	}
-	ev := exited{w: w, status: "exit status 0", tail: w.stderr.Lines()}
+	ev := core.Exited{Worker: id, Status: "exit status 0", Tail: tail.Lines()}
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
 	case errors.As(err, &ee):
-		ev.status = ee.ProcessState.String()
-		ev.code = ee.ExitCode()
+		ev.Status = ee.ProcessState.String()
 	default:
-		ev.status = err.Error()
-		ev.code = -1
+		ev.Status = err.Error()
 	}
 	s.post(ev)
 }
 
-func (s *Supervisor) trampolineCmd(w *worker) (*exec.Cmd, error) {
-	cfg := w.cfg
+func (s *Supervisor) trampolineCmd(cfg config.Worker, notifyAddr string, slot, gen int) (*exec.Cmd, error) {
 	attr := &syscall.SysProcAttr{
 		// Its own process group, so that a drain deadline can kill the
 		// worker together with any children it forked.
@@ -173,7 +138,7 @@ func (s *Supervisor) trampolineCmd(w *worker) (*exec.Cmd, error) {
 	if cfg.User != "" || cfg.Group != "" {
 		cred, err := credential(cfg.User, cfg.Group)
 		if err != nil {
-			return nil, fmt.Errorf("group %s: %w", cfg.Name, err)
+			return nil, err
 		}
 		attr.Credential = cred
 	}
@@ -181,7 +146,7 @@ func (s *Supervisor) trampolineCmd(w *worker) (*exec.Cmd, error) {
 	return &exec.Cmd{
 		Path:        s.exe,
 		Args:        args,
-		Env:         workerEnv(s.baseEnv, cfg.Env, w.proxy.Addr(), w.gen, w.id, cfg.Name),
+		Env:         workerEnv(s.baseEnv, cfg.Env, notifyAddr, gen, slot, cfg.Name),
 		Dir:         cfg.Dir,
 		Stdout:      s.stdout,
 		SysProcAttr: attr,
@@ -235,29 +200,33 @@ func lookupUser(name string) (*user.User, error) {
 
 // signal sends sig to the worker process itself: servers that are masters of
 // their own children (gunicorn, uwsgi) drain those children on their own.
-func (w *worker) signal(sig syscall.Signal) error {
-	if err := unix.Kill(w.pid, sig); err != nil && !errors.Is(err, unix.ESRCH) {
-		return fmt.Errorf("signal %v to %s (pid %d): %w", sig, w, w.pid, err)
+// Through the pidfd, a worker already reaped is never confused with a new
+// process that got its pid.
+func (p *proc) signal(sig syscall.Signal, log *slog.Logger) {
+	if err := p.process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		log.Error("signalling worker failed", "worker", p.name, "pid", p.pid, "signal", sig, "err", err)
 	}
-	return nil
 }
 
-// kill SIGKILLs the worker's whole process group. After the worker itself has
-// exited this also removes children it left behind: nothing supervises those.
-func (w *worker) kill() bool {
-	return unix.Kill(-w.pid, unix.SIGKILL) == nil
+// killGroup SIGKILLs the worker and its whole process group. The worker is
+// killed through its pidfd first; the group id stays reserved while any
+// member lives, so the group kill reaches only the worker's own children.
+func (p *proc) killGroup() {
+	_ = p.process.Signal(syscall.SIGKILL)
+	_ = unix.Kill(-p.pid, unix.SIGKILL)
 }
 
-// accepts reports whether a notify datagram from pid speaks for this worker:
-// the worker itself or any process in its process group (a shell wrapper or a
-// server's own child), like systemd's NotifyAccess=all scoped to the worker.
-func (w *worker) accepts(pid int) bool {
+// accepts reports whether a notify datagram from pid speaks for the worker
+// whose pid is worker: the worker itself or any process in its process group
+// (a shell wrapper or a server's own child), like systemd's NotifyAccess=all
+// scoped to the worker.
+func accepts(worker, pid int) bool {
 	if pid <= 0 {
 		return false
 	}
-	if pid == w.pid {
+	if pid == worker {
 		return true
 	}
 	pgid, err := unix.Getpgid(pid)
-	return err == nil && pgid == w.pid
+	return err == nil && pgid == worker
 }

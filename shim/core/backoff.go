@@ -1,4 +1,4 @@
-package shim
+package core
 
 import "time"
 
