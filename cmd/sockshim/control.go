@@ -28,9 +28,14 @@ func controlFlags(name string, args []string, stderr io.Writer, extra func(*flag
 		}
 		return "", errUsage
 	}
-	// A config that fails its checks must not stop a reload request: the
-	// supervisor re-reads it and reports the error with its own context.
-	return control.SocketPath(*path, config.ControlSocket(*path)), nil
+	// Only a file that is not TOML stops here: a config that fails its
+	// checks must still reach the supervisor, which re-reads it and reports
+	// the error with its own context.
+	configured, err := config.ControlSocket(*path)
+	if err != nil {
+		return "", fmt.Errorf("%w; the running supervisor was not contacted", err)
+	}
+	return control.SocketPath(*path, configured), nil
 }
 
 func cmdReload(args []string, stdout, stderr io.Writer) error {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -159,24 +160,27 @@ func TestExampleConfigsParse(t *testing.T) {
 }
 
 // A config that fails its checks still names its control socket, so that
-// `sockshim reload` reaches the supervisor, which reports the problem.
+// `sockshim reload` reaches the supervisor, which reports the problem; a
+// file that is not TOML is an error with its line.
 func TestControlSocketLenient(t *testing.T) {
 	dir := t.TempDir()
-	for _, c := range []struct{ text, want string }{
-		{"[[worker]]\ncont = 3\n[control]\nsocket = \"/run/x.sock\"\n", "/run/x.sock"},
-		{"[[worker]]\ncommand = [\"/x\"]\n", ""},
-		{"[control\nsocket = \"/run/x.sock\"\n", ""},
-		{"[control]\nsocket = 3\n", ""},
+	path := filepath.Join(dir, "app.toml")
+	for _, c := range []struct{ text, want, err string }{
+		{"[[worker]]\ncont = 3\n[control]\nsocket = \"/run/x.sock\"\n", "/run/x.sock", ""},
+		{"[[worker]]\ncommand = [\"/x\"]\n", "", ""},
+		{"[control]\nsocket = 3\n", "", ""},
+		{"control = 3\n", "", ""},
+		{"[[worker]]\ncount = = 2\n[control]\nsocket = \"/run/x.sock\"\n", "", path + ":2: TOML syntax: "},
 	} {
-		path := filepath.Join(dir, "app.toml")
 		if err := os.WriteFile(path, []byte(c.text), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if got := ControlSocket(path); got != c.want {
-			t.Errorf("ControlSocket(%q) = %q, want %q", c.text, got, c.want)
+		got, err := ControlSocket(path)
+		if got != c.want || c.err == "" && err != nil || c.err != "" && (err == nil || !strings.HasPrefix(err.Error(), c.err)) {
+			t.Errorf("ControlSocket(%q) = %q, %v; want %q, error %q", c.text, got, err, c.want, c.err)
 		}
 	}
-	if got := ControlSocket(filepath.Join(dir, "missing.toml")); got != "" {
-		t.Errorf("ControlSocket of a missing file = %q", got)
+	if got, err := ControlSocket(filepath.Join(dir, "missing.toml")); got != "" || !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("ControlSocket of a missing file = %q, %v", got, err)
 	}
 }

@@ -18,20 +18,27 @@ func Load(path string) (*Config, error) {
 }
 
 // ControlSocket returns the [control] socket set in the config file at
-// path, or "" when there is none or the file cannot be read as TOML. It is
-// lenient on purpose: `sockshim reload` must find a running supervisor even
-// when the new config fails a check, so that the supervisor reports the
-// problem (and keeps serving) instead of the client failing to connect.
-func ControlSocket(path string) string {
-	var c struct {
-		Control struct {
-			Socket string `toml:"socket"`
-		} `toml:"control"`
+// path, or "" when there is none. Only a file that cannot be read or is not
+// TOML is an error (with file and line): `sockshim reload` must reach the
+// running supervisor even when the new config fails a check, so that the
+// supervisor reports the problem (and keeps serving).
+func ControlSocket(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("config: %w", err)
 	}
-	if _, err := toml.DecodeFile(path, &c); err != nil {
-		return ""
+	var raw map[string]any
+	if _, err := toml.Decode(string(data), &raw); err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return "", &Error{File: path, Line: pe.Position.Line, Msg: "TOML syntax: " + pe.Message}
+		}
+		return "", &Error{File: path, Msg: err.Error()}
 	}
-	return c.Control.Socket
+	// A [control] or socket of the wrong type is the supervisor's to report.
+	ctl, _ := raw["control"].(map[string]any)
+	socket, _ := ctl["socket"].(string)
+	return socket, nil
 }
 
 // Parse checks the config text data; name is used in error messages and as
