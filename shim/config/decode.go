@@ -130,12 +130,24 @@ func (r *reader) tables(raw map[string]any, key string) []map[string]any {
 	if !ok {
 		return nil
 	}
-	ts, ok := v.([]map[string]any)
-	if !ok {
-		r.errorf(key, "want an array of tables [[%s]], got %s", key, typeName(v))
-		return nil
+	switch x := v.(type) {
+	case []map[string]any:
+		return x
+	case []any: // key = [{...}, {...}]: the same, written inline
+		ts := make([]map[string]any, 0, len(x))
+		for _, e := range x {
+			t, ok := e.(map[string]any)
+			if !ok {
+				break
+			}
+			ts = append(ts, t)
+		}
+		if len(ts) == len(x) {
+			return ts
+		}
 	}
-	return ts
+	r.errorf(key, "want an array of tables [[%s]], got %s", key, typeName(v))
+	return nil
 }
 
 func (r *reader) listen(path string, t map[string]any) Listen {
@@ -282,7 +294,7 @@ func (r *reader) worker(path string, t map[string]any, groups int) Worker {
 	}
 	if _, ok := t["command"]; !ok {
 		r.errorf(path+".command", `required, e.g. command = ["/usr/bin/myapp", "--serve"]`)
-	} else if len(g.Command) == 0 || g.Command[0] == "" {
+	} else if g.Command != nil && (len(g.Command) == 0 || g.Command[0] == "") { // nil: already reported
 		r.errorf(path+".command", "must name a program")
 	}
 	if g.Count < 1 || g.Count > MaxCount {
