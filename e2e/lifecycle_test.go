@@ -367,23 +367,85 @@ func TestParallelFailureRollsBack(t *testing.T) {
 	}
 }
 
-// TestSurgeZeroCanaryFailure: with surge = 0 the old worker of slot 0 is
-// drained before the canary starts; when the canary fails, the slot is
-// filled again and the service never stops answering.
-func TestSurgeZeroCanaryFailure(t *testing.T) {
+// TestSurgeZeroCanary: the canary starts beside the old worker whatever
+// surge says. With surge = 0 a canary that exits before it is ready leaves
+// every old worker serving, never signalled, and not one request fails; a
+// good deploy never runs more than count+1 workers at once.
+func TestSurgeZeroCanary(t *testing.T) {
 	b := build(t)
-	a := startServing(t, b, workerConfig(b, "v1", "rolling", 0, 2))
-	res := underLoad(t, load.Options{URL: a.url, Concurrency: 8}, func() {
-		if out, err := a.deploy(t, failingWorker(b, "v2", "rolling", 0, 2, 0)); err == nil || !strings.Contains(out, "rolled back") {
-			t.Errorf("reload: %v\n%s", err, out)
-		}
-		waitFor(t, 10*time.Second, "both slots serving again", func() bool {
-			return len(generations(status(t, a.ctl), "ready")) == 2
+	for _, count := range []int{1, 3} {
+		t.Run(fmt.Sprintf("canary fails, count %d", count), func(t *testing.T) {
+			a := startServing(t, b, workerConfig(b, "v1", "rolling", 0, count))
+			old := readyPIDs(t, a)
+			var out string
+			res := underLoad(t, load.Options{URL: a.url, Concurrency: 4, Duration: 30 * time.Second}, func() {
+				var err error
+				if out, err = a.deploy(t, workerConfig(b, "v2", "rolling", 0, count, "-exit-before-ready")); err == nil {
+					t.Errorf("reload exited 0 though the canary exited:\n%s", out)
+				}
+			})
+			for _, want := range []string{"tw[0]", "exit status 3", "exiting before ready"} {
+				if !strings.Contains(out, want) {
+					t.Errorf("reload error lacks %q:\n%s", want, out)
+				}
+			}
+			if res.Failed() != 0 {
+				t.Errorf("%d failed requests around a failed surge = 0 canary: %v %v", res.Failed(), res.Failures, res.Examples)
+			}
+			checkUntouched(t, a, old)
 		})
-	})
-	if res.Failed() != 0 {
-		t.Errorf("%d failed requests around a failed surge = 0 canary: %v", res.Failed(), res.Failures)
 	}
+
+	t.Run("good deploy, count 3", func(t *testing.T) {
+		const count = 3
+		a := startServing(t, b, workerConfig(b, "v1", "rolling", 0, count))
+		// Each new worker takes 200 ms to be ready: the reload lasts at least
+		// 600 ms, many times the 10 ms between the status polls below.
+		v2 := workerConfig(b, "v2", "rolling", 0, count, "-start-delay", "200ms")
+		var polls, reloading, most int
+		res := underLoad(t, load.Options{URL: a.url, Concurrency: 4, Duration: 30 * time.Second}, func() {
+			a.rewrite(t, v2)
+			done := make(chan error, 1)
+			var out string
+			go func() {
+				var err error
+				out, err = a.reload()
+				done <- err
+			}()
+			deadline := time.After(20 * time.Second)
+			for {
+				select {
+				case err := <-done:
+					if err != nil {
+						t.Fatalf("reload: %v\n%s", err, out)
+					}
+					return
+				case <-deadline:
+					t.Fatalf("reload still running after 20s")
+				case <-time.After(10 * time.Millisecond):
+				}
+				st := status(t, a.ctl)
+				polls++
+				if st.State == "reloading" {
+					reloading++
+				}
+				if live := len(workerPIDs(st, "starting")) + len(workerPIDs(st, "ready")); live > most {
+					most = live
+					if most > count+1 {
+						t.Errorf("%d workers starting or ready at once, want at most %d: %s", live, count+1, st.Line)
+					}
+				}
+			}
+		})
+		t.Logf("%d status polls, %d during the reload; at most %d workers starting or ready", polls, reloading, most)
+		if reloading == 0 {
+			t.Fatal("no status poll saw the reload running: the bound was not checked")
+		}
+		if res.Failed() != 0 {
+			t.Errorf("%d failed requests around a surge = 0 reload: %v %v", res.Failed(), res.Failures, res.Examples)
+		}
+		checkGeneration(t, a, 2, count)
+	})
 }
 
 // TestRespawnRules: a crashed worker is respawned into its group's current
