@@ -29,6 +29,9 @@ const (
 	// a pause that doubles from minAcceptDelay to maxAcceptDelay.
 	minAcceptDelay = 5 * time.Millisecond
 	maxAcceptDelay = time.Second
+	// failureBurst is the quiet time after which an accept failure starts
+	// a new burst, logged again.
+	failureBurst = 5 * time.Second
 )
 
 // Handler is what the server asks of the supervisor.
@@ -127,13 +130,17 @@ func privateDir(dir string) error {
 func (s *Server) Path() string { return s.path }
 
 // Serve accepts connections until Close. Accept failures caused by a
-// shortage of descriptors or memory are waited out with a backoff, logged
-// once per burst; any other failure closes the socket, so that clients are
-// refused instead of waiting for an answer that never comes.
+// shortage of descriptors or memory are waited out with a backoff; each
+// burst of them (failures less than failureBurst apart) is logged once when
+// it begins and once when an accept succeeds again. Any other failure
+// closes the socket, so that clients are refused instead of waiting for an
+// answer that never comes.
 func (s *Server) Serve(h Handler) {
 	defer s.ln.Close()
 	var delay time.Duration
-	failed, busy := 0, 0
+	var lastFailure time.Time
+	failed, busy := 0, 0 // in the current burst
+	recovered := false
 	for {
 		c, err := s.ln.AcceptUnix()
 		if err != nil {
@@ -144,10 +151,12 @@ func (s *Server) Serve(h Handler) {
 				s.log.Error("control socket accept failed; closing the control socket", "err", err)
 				return
 			}
-			if failed == 0 {
+			if failed == 0 || time.Since(lastFailure) > failureBurst {
 				s.log.Warn("control socket accept failing; retrying", "err", err)
+				failed, recovered = 0, false
 			}
 			failed++
+			lastFailure = time.Now()
 			delay = min(max(2*delay, minAcceptDelay), maxAcceptDelay)
 			select {
 			case <-time.After(delay):
@@ -156,9 +165,10 @@ func (s *Server) Serve(h Handler) {
 			}
 			continue
 		}
-		if failed > 0 {
+		delay = 0
+		if failed > 0 && !recovered {
 			s.log.Info("control socket accepting again", "failed_accepts", failed)
-			failed, delay = 0, 0
+			recovered = true
 		}
 		select {
 		case s.slots <- struct{}{}:
@@ -254,10 +264,14 @@ func (s *Server) serveConn(c *net.UnixConn, h Handler) {
 	if ctx.Err() != nil {
 		return
 	}
-	if err != nil {
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			err = fmt.Errorf("no request within %s", s.requestTimeout)
-		}
+	switch {
+	case errors.Is(err, io.EOF):
+		s.log.Debug("control connection closed without a request", "peer_pid", cred.Pid)
+		return
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		err = fmt.Errorf("no request within %s", s.requestTimeout)
+		fallthrough
+	case err != nil:
 		s.log.Warn("malformed control request", "peer_pid", cred.Pid, "err", err)
 		refuse(c, err.Error())
 		return
