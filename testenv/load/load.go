@@ -7,7 +7,11 @@
 // connections on its own; a test that must prove "zero failed requests"
 // needs to see every one of those, and count the retries an ordinary client
 // would do (a request that fails on a reused idle connection before any
-// response byte arrived) separately from real failures.
+// response byte arrived) separately from real failures. With PostBytes set it
+// sends POSTs, which are never retried (RFC 9110 §9.2.2: a POST is not
+// idempotent), so every request lost on a reused connection is a failure.
+// (net/http's Transport does retry a POST on a reused connection when nothing
+// of it could be written and Request.GetBody is set; this client does not.)
 package load
 
 import (
@@ -22,6 +26,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -35,6 +40,7 @@ type Options struct {
 	Duration    time.Duration // stop after this long…
 	MaxRequests int           // …or after this many requests (0: no limit); at least one bound is required
 	KeepAlive   bool          // reuse connections; false: a new connection per request
+	PostBytes   int           // > 0: every request is a POST with a body of this many bytes
 	Timeout     time.Duration // per request; default 5s
 	// RecordSamples keeps every request's start, latency and outcome.
 	RecordSamples bool
@@ -45,7 +51,7 @@ type Result struct {
 	Requests    int            // requests attempted (a retried request counts once)
 	OK          int            // answered 200
 	Failures    map[string]int // refused, reset, eof, timeout, status_NNN, other
-	IdleRetries int            // keep-alive: retried after failing on a reused idle connection
+	IdleRetries int            // keep-alive GETs: retried after failing on a reused idle connection (POSTs fail instead)
 	Versions    map[string]int // by X-Version
 	Generations map[string]int // by X-Generation
 	P50, P99    time.Duration
@@ -105,11 +111,18 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		defer cancel()
 	}
 	path := u.RequestURI()
-	req := fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: sockshim-load\r\n", path, u.Host)
+	method := "GET"
+	if o.PostBytes > 0 {
+		method = "POST"
+	}
+	req := fmt.Sprintf("%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: sockshim-load\r\n", method, path, u.Host)
+	if o.PostBytes > 0 {
+		req += fmt.Sprintf("Content-Type: application/octet-stream\r\nContent-Length: %d\r\n", o.PostBytes)
+	}
 	if !o.KeepAlive {
 		req += "Connection: close\r\n"
 	}
-	req += "\r\n"
+	req += "\r\n" + strings.Repeat("p", max(o.PostBytes, 0))
 
 	run := &runner{o: o, addr: u.Host, req: []byte(req), start: time.Now()}
 	run.lastOK.Store(int64(0))
@@ -224,9 +237,10 @@ type response struct {
 	version, generation string
 }
 
-// do sends one request. In keep-alive mode a request that fails on a reused
+// do sends one request. In keep-alive mode a GET that fails on a reused
 // connection before any byte of the answer arrived is retried once on a new
-// connection, as HTTP clients do for idempotent requests (RFC 9110 §9.2.2).
+// connection, as HTTP clients do for idempotent requests (RFC 9110 §9.2.2);
+// a POST is not retried.
 func (r *runner) do(ctx context.Context, c **conn, t *tally) (*response, error) {
 	if *c != nil {
 		resp, err := r.roundTrip(*c)
@@ -241,6 +255,9 @@ func (r *runner) do(ctx context.Context, c **conn, t *tally) (*response, error) 
 		*c = nil
 		if resp.gotBytes || ended(ctx) {
 			return nil, err
+		}
+		if r.o.PostBytes > 0 {
+			return nil, fmt.Errorf("POST on a reused connection, no answer: %w", err)
 		}
 		t.retries++
 	}

@@ -3,8 +3,11 @@ package load
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -104,6 +107,57 @@ func TestIdleRetry(t *testing.T) {
 	}
 	if res.IdleRetries == 0 {
 		t.Fatalf("want idle retries, got %s", res)
+	}
+}
+
+// TestPost: in POST mode every request carries its body, and a request that
+// fails on a reused connection is a failure, never retried.
+func TestPost(t *testing.T) {
+	const size = 1000
+	var bodies atomic.Int64
+	readBody := func(w http.ResponseWriter, r *http.Request) bool {
+		b, err := io.ReadAll(r.Body)
+		if err != nil || r.Method != "POST" || string(b) != strings.Repeat("p", size) {
+			http.Error(w, "bad POST", http.StatusBadRequest)
+			return false
+		}
+		bodies.Add(1)
+		return true
+	}
+	keep := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if readBody(w, r) {
+			versioned(w, r)
+		}
+	}))
+	res, err := Run(context.Background(), Options{URL: keep, Concurrency: 4, MaxRequests: 100, KeepAlive: true, PostBytes: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Requests != 100 || res.OK != 100 || res.IdleRetries != 0 || bodies.Load() != 100 {
+		t.Fatalf("want 100 POSTs received and answered, got %s, %d bodies received %v", res, bodies.Load(), res.Examples)
+	}
+
+	// As in TestIdleRetry, each connection is closed after its first answer
+	// without saying so: every second POST meets a closed connection.
+	bodies.Store(0)
+	hangUp := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !readBody(w, r) {
+			return
+		}
+		w.Header().Set("Content-Length", "3")
+		versioned(w, r)
+		w.(http.Flusher).Flush()
+		if c, _, err := w.(http.Hijacker).Hijack(); err == nil {
+			time.Sleep(10 * time.Millisecond)
+			c.Close()
+		}
+	}))
+	res, err = Run(context.Background(), Options{URL: hangUp, Concurrency: 1, MaxRequests: 20, KeepAlive: true, PostBytes: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Requests != 20 || res.OK != 10 || res.Failed() != 10 || res.IdleRetries != 0 || bodies.Load() != 10 {
+		t.Fatalf("want 10 ok and 10 failed on a reused connection, none retried; got %s, %d bodies received %v", res, bodies.Load(), res.Examples)
 	}
 }
 

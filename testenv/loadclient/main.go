@@ -1,6 +1,6 @@
 // Command loadclient runs the test load client by hand:
 //
-//	loadclient -url http://127.0.0.1:8080/ -c 32 -d 10s [-keepalive] [-json]
+//	loadclient -url http://127.0.0.1:8080/ -c 32 -d 10s [-keepalive] [-post BYTES] [-json]
 package main
 
 import (
@@ -21,6 +21,7 @@ func main() {
 	flag.DurationVar(&o.Duration, "d", 0, "duration")
 	flag.IntVar(&o.MaxRequests, "n", 0, "total requests")
 	flag.BoolVar(&o.KeepAlive, "keepalive", false, "reuse connections")
+	flag.IntVar(&o.PostBytes, "post", 0, "send POSTs with a body of this many bytes (never retried)")
 	flag.DurationVar(&o.Timeout, "timeout", 0, "per-request timeout (default 5s)")
 	asJSON := flag.Bool("json", false, "print the result as JSON")
 	flag.Parse()
