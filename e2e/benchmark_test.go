@@ -60,22 +60,34 @@ func BenchmarkReport(b *testing.B) {
 	r.add("| worker socket-activated directly | %.0f | %s |\n| same worker under sockshim | %.0f | %s |\n", dRate, dP99, sRate, sP99)
 	r.add("| **ratio sockshim / direct** | **%.2f** | **%.2f** |\n\n", sRate/dRate, float64(sP99)/float64(dP99))
 
-	// Reloads under load, per strategy, with the comparison restarts.
-	r.add("## %d reloads under load (16 new-connection clients)\n\n", reloads)
+	// Reloads under load, per strategy, then keep-alive POSTs, then the
+	// comparison restarts.
+	r.add("## %d reloads under load (16 clients, a new connection per request unless the case says keep-alive)\n\n", reloads)
 	r.add("| case | requests | failed | longest gap | p99 steady | p99 during reloads | request → new generation serving p50 / p99 | request → old generation gone p50 / p99 |\n|---|---|---|---|---|---|---|---|\n")
 	steadyP99 := sP99
 	var plotRes *load.Result
 	var plotMarks []time.Duration
-	for _, c := range []struct{ strategy string }{{"rolling"}, {"parallel"}} {
-		step(c.strategy + " reloads")
-		a := installApp(b, m, bb, "bench-"+c.strategy, workerConfig(bb, "v1", c.strategy, 1, 4))
+	for _, c := range []struct {
+		strategy string
+		post     bool // keep-alive POSTs, which the load client never retries
+	}{{"rolling", false}, {"parallel", false}, {"rolling", true}} {
+		name, unit, o := "sockshim "+c.strategy+", 4 workers", "bench-"+c.strategy, load.Options{Concurrency: 16}
+		steady := steadyP99.String() // measured with new-connection GETs only
+		if c.post {
+			name, unit, o.KeepAlive, o.PostBytes, steady = name+", keep-alive POSTs of 4 KiB", unit+"-post", true, 4096, "-"
+		}
+		step(name)
+		a := installApp(b, m, bb, unit, workerConfig(bb, "v1", c.strategy, 1, 4))
 		a.activate(b)
 		pid := status(b, a.ctl).PID
 		cpu0 := cpuTime(pid)
-		res, serving, gone, marks := reloadSeries(b, m, a, "bench-"+c.strategy, reloads)
+		res, serving, gone, marks := reloadSeries(b, m, a, unit, reloads, o)
 		cpu := cpuTime(pid) - cpu0
-		r.add("| sockshim %s, 4 workers | %d | %s | %s | %s | %s | %s / %s | %s / %s |\n", c.strategy, res.Requests, failedCell(res),
-			res.LongestGap.Round(time.Millisecond), steadyP99, res.P99.Round(10*time.Microsecond), pct(serving, 50), pct(serving, 99), pct(gone, 50), pct(gone, 99))
+		r.add("| %s | %d | %s | %s | %s | %s | %s / %s | %s / %s |\n", name, res.Requests, failedCell(res),
+			res.LongestGap.Round(time.Millisecond), steady, res.P99.Round(10*time.Microsecond), pct(serving, 50), pct(serving, 99), pct(gone, 50), pct(gone, 99))
+		if c.post {
+			continue
+		}
 		r.resources = append(r.resources, fmt.Sprintf("| %s | %d KiB | %s |", c.strategy, rssKiB(pid), (cpu/time.Duration(reloads)).Round(10*time.Microsecond)))
 		if plotRes == nil {
 			plotRes, plotMarks = res, marks
@@ -193,13 +205,15 @@ func pct(ds []time.Duration, p int) time.Duration {
 	return s[min(len(s)-1, len(s)*p/100)].Round(time.Millisecond)
 }
 
-// reloadSeries does n reloads under load and returns the load result, the
-// time of each reload until the new generation served (systemctl reload
-// returning) and until the old one was gone, and the reload moments.
-func reloadSeries(tb testing.TB, m *testenv.Manager, a *app, unit string, n int) (*load.Result, []time.Duration, []time.Duration, []time.Duration) {
+// reloadSeries does n reloads under load o (its URL and samples are set
+// here) and returns the load result, the time of each reload until the new
+// generation served (systemctl reload returning) and until the old one was
+// gone, and the reload moments.
+func reloadSeries(tb testing.TB, m *testenv.Manager, a *app, unit string, n int, o load.Options) (*load.Result, []time.Duration, []time.Duration, []time.Duration) {
 	var serving, gone, marks []time.Duration
 	began := time.Now()
-	res := underLoad(tb, load.Options{URL: a.url, Concurrency: 16, RecordSamples: true}, func() {
+	o.URL, o.RecordSamples = a.url, true
+	res := underLoad(tb, o, func() {
 		for range n {
 			start := time.Now()
 			marks = append(marks, start.Sub(began))

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -76,6 +77,11 @@ func main() {
 	gen, id := inherited.Env["SOCKSHIM_GENERATION"], inherited.Env["SOCKSHIM_WORKER_ID"]
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		// A request counts as answered only with its whole body read.
+		if _, err := io.Copy(io.Discard, r.Body); err != nil {
+			http.Error(w, "reading the body: "+err.Error(), http.StatusBadRequest)
+			return
+		}
 		if *work > 0 {
 			time.Sleep(*work)
 		}
