@@ -138,9 +138,10 @@ func (s *Server) Path() string { return s.path }
 func (s *Server) Serve(h Handler) {
 	defer s.ln.Close()
 	var delay time.Duration
-	var lastFailure time.Time
-	failed, busy := 0, 0 // in the current burst
-	recovered := false
+	// The current burst of accept failures: how many, the last one's
+	// time, whether the recovery was logged.
+	failed, lastFailure, recovered := 0, time.Time{}, false
+	busy := 0 // connections answered busy in a row
 	for {
 		c, err := s.ln.AcceptUnix()
 		if err != nil {
