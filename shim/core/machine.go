@@ -171,7 +171,9 @@ func (m *Machine) onTimer(id TimerID) {
 	case respawn:
 		sl := t.g.slots[t.slotID]
 		sl.respawnTimer = 0
-		if sl.cur == nil && !m.stopping {
+		// A rollout's candidate for the slot will take it; should it fail,
+		// the rollout's end refills the slot.
+		if sl.cur == nil && !m.stopping && !t.g.awaitsCandidate(t.slotID) {
 			m.fill(t.g, t.slotID)
 		}
 	}
@@ -302,8 +304,9 @@ func (m *Machine) slotLost(w *worker, prev State, status string) {
 	sl.failures++
 	sl.restarts++
 	d := backoff(sl.failures)
-	attrs := []any{"worker", w, "pid", w.pid, "generation", w.gen}
+	attrs := []any{"worker", w, "generation", w.gen}
 	if status != "" {
+		attrs = append(attrs, "pid", w.pid)
 		attrs = append(attrs, "status", status, "ran", m.now.Sub(w.started).Round(time.Millisecond))
 	}
 	attrs = append(attrs, "restart_in", d, "consecutive_failures", sl.failures)

@@ -101,8 +101,12 @@ func (m *Machine) startReload(r *reloadRun, cfg *config.Config) {
 	m.reloads++
 	r.loading, r.gen, r.cfg, r.started = false, m.gen, cfg, m.now
 	m.log(slog.LevelInfo, "reload started", "generation", r.gen)
-	m.emit(Notify{Lines: []string{"RELOADING=1", fmt.Sprintf("STATUS=reloading to generation %d", r.gen)}, Monotonic: true})
-	m.lastStatus = "" // STATUS= above was not the status line
+	if m.readySent {
+		// Before the first READY=1 the service manager still waits for
+		// the start; a reload then is part of it.
+		m.emit(Notify{Lines: []string{"RELOADING=1", fmt.Sprintf("STATUS=reloading to generation %d", r.gen)}, Monotonic: true})
+		m.lastStatus = "" // STATUS= above was not the status line
+	}
 	m.progress("reloading to generation %d", r.gen)
 
 	if !reflect.DeepEqual(m.cfg.Listen, cfg.Listen) {
@@ -195,13 +199,15 @@ func (m *Machine) advance(g *group) {
 	for inflight < limit && ro.next < len(ro.workers) {
 		id := ro.next
 		ro.next++
+		if id < len(g.slots) && g.slots[id].cur != nil && g.slots[id].cur.gen == ro.gen {
+			continue // respawned into the new generation since its canary served
+		}
 		// surge = 0, once the canary serves: the old worker makes room first.
 		if !ro.parallel() && ro.cfg.Surge == 0 && ro.canaryOK && id < len(g.slots) && g.slots[id].cur != nil {
 			old := g.slots[id].cur
 			g.slots[id].cur = nil
 			old.role = retiring
 			m.drain(old)
-			ro.emptied = append(ro.emptied, id)
 		}
 		ro.workers[id] = m.start(g, ro.cfg, id, ro.gen, candidate)
 		inflight++
@@ -278,9 +284,26 @@ func (m *Machine) rolloutFailed(w *worker) {
 	m.rolloutEnd(w.group, errors.New(why))
 }
 
-// rolloutEnd closes a group's rollout. On failure it stops every candidate
-// not yet serving in a slot, and refills the slots surge = 0 emptied.
+// rolloutEnd closes a group's rollout; once none runs, the reload settles.
+// A failure fails the generation: the other groups' rollouts stop too, so
+// that no group moves on to code that failed in another.
 func (m *Machine) rolloutEnd(g *group, err error) {
+	m.endRollout(g, err)
+	if err != nil {
+		for _, other := range m.groups {
+			if other.rollout != nil {
+				m.endRollout(other, fmt.Errorf("stopped because group %s failed", g.cfg.Name))
+			}
+		}
+	}
+	if m.rolloutsRunning() == 0 {
+		m.settle()
+	}
+}
+
+// endRollout closes one group's rollout. On failure it stops every candidate
+// not yet serving in a slot, and refills the slots left empty.
+func (m *Machine) endRollout(g *group, err error) {
 	ro := g.rollout
 	g.rollout = nil
 	r := m.reload
@@ -289,8 +312,10 @@ func (m *Machine) rolloutEnd(g *group, err error) {
 			p.role = retiring
 			m.drain(p)
 		}
-		for _, id := range ro.emptied {
-			if g.slots[id].cur == nil {
+		// Slots surge = 0 emptied, or whose respawn waited for a
+		// candidate, get a worker of the generation the group now serves.
+		for id, sl := range g.slots {
+			if sl.cur == nil && sl.respawnTimer == 0 {
 				m.fill(g, id)
 			}
 		}
@@ -320,9 +345,6 @@ func (m *Machine) rolloutEnd(g *group, err error) {
 		g.slots = g.slots[:len(ro.workers)]
 		g.cfg, g.gen = ro.cfg, ro.gen
 		m.progress("%s: %d workers of generation %d serving", g.cfg.Name, len(g.slots), ro.gen)
-	}
-	if m.rolloutsRunning() == 0 {
-		m.settle()
 	}
 }
 
@@ -396,8 +418,11 @@ func (m *Machine) onReleased(ev Released) {
 // over, and starts the reload that requests made meanwhile wait for.
 func (m *Machine) complete(r *reloadRun) {
 	m.reload = nil
-	m.notify("READY=1", "STATUS="+m.statusLine())
-	m.lastStatus = m.statusLine()
+	if m.readySent || m.allReady() {
+		m.readySent = true
+		m.notify("READY=1", "STATUS="+m.statusLine())
+		m.lastStatus = m.statusLine()
+	}
 	for _, w := range r.waiters {
 		m.emit(Answer{Waiter: w, Message: r.result.Message, Err: r.result.Err})
 	}

@@ -37,7 +37,7 @@ func (m *Machine) statusLine() string {
 				n++
 			}
 			if sl.cur == nil && sl.failures > 1 {
-				wait := max(sl.respawnAt.Sub(m.now).Round(time.Second), 0)
+				wait := max(sl.respawnAt.Sub(m.now).Round(100*time.Millisecond), 0)
 				problems = append(problems, fmt.Sprintf("%s[%d] crash loop: %d restarts, next in %s", g.cfg.Name, id, sl.restarts, wait))
 			}
 		}

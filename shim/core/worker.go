@@ -94,7 +94,6 @@ type rollout struct {
 	workers  []*worker // candidates by slot; nil until started
 	next     int       // next slot to start
 	canaryOK bool
-	emptied  []int // slots whose old worker surge = 0 drained before its replacement was ready
 }
 
 // pending returns the rollout's candidates that have not taken their slot.
@@ -106,6 +105,13 @@ func (ro *rollout) pending() []*worker {
 		}
 	}
 	return ws
+}
+
+// awaitsCandidate reports whether a live candidate of a rollout is on its
+// way into slot id.
+func (g *group) awaitsCandidate(id int) bool {
+	ro := g.rollout
+	return ro != nil && id < len(ro.workers) && ro.workers[id] != nil && ro.workers[id].role == candidate && ro.workers[id].state != Gone
 }
 
 func (ro *rollout) parallel() bool { return ro.cfg.Strategy == config.StrategyParallel }

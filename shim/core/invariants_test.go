@@ -1,0 +1,253 @@
+package core
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sockshim/sockshim/shim/config"
+)
+
+// checker steps a machine and checks, after every step, the promises the
+// supervisor makes. It sees only events, effects and the machine's state.
+type checker struct {
+	m       *Machine
+	effects []Effect // of the last step
+
+	started   map[WorkerID]bool // Start seen, not yet reaped
+	reaped    map[WorkerID]bool
+	stopped   map[WorkerID]bool // Signal or Kill seen
+	candGen   map[WorkerID]int  // workers started as a reload's candidates
+	wasReady  map[WorkerID]bool
+	failedGen map[int]bool // reloads one of whose candidates failed
+	answered  map[WaiterID]int
+	asked     []WaiterID
+	readyOnce bool
+	stopAsked bool
+}
+
+func newChecker(m *Machine) *checker {
+	return &checker{m: m, started: map[WorkerID]bool{}, reaped: map[WorkerID]bool{}, stopped: map[WorkerID]bool{},
+		candGen: map[WorkerID]int{}, wasReady: map[WorkerID]bool{}, failedGen: map[int]bool{}, answered: map[WaiterID]int{}}
+}
+
+// step applies ev and returns the first invariant it breaks, or "".
+func (c *checker) step(now time.Time, ev Event) string {
+	m := c.m
+	// Serving workers before the step: ready and in their slot.
+	serving := map[WorkerID]bool{}
+	for _, w := range m.workers {
+		serving[w.id] = w.state == Ready && w.role == inSlot
+	}
+	reloadBefore := m.reload
+	var reloadGen int
+	if reloadBefore != nil && !reloadBefore.loading {
+		reloadGen = reloadBefore.gen
+	}
+	switch ev := ev.(type) {
+	case ReloadRequested:
+		c.asked = append(c.asked, ev.Waiter)
+	case StopRequested:
+		c.stopAsked = true
+	case Exited:
+		if g, ok := c.candGen[ev.Worker]; ok && !c.wasReady[ev.Worker] && !c.stopAsked {
+			c.failedGen[g] = true
+		}
+	case SpawnFailed:
+		if g, ok := c.candGen[ev.Worker]; ok && !c.stopAsked {
+			c.failedGen[g] = true
+		}
+	}
+	c.effects = m.Step(now, ev)
+
+	switch ev := ev.(type) {
+	case Exited:
+		if c.started[ev.Worker] {
+			delete(c.started, ev.Worker)
+			c.reaped[ev.Worker] = true
+		}
+	case SpawnFailed:
+		delete(c.started, ev.Worker)
+		c.reaped[ev.Worker] = true
+	}
+	for _, w := range m.workers {
+		if w.state == Ready {
+			c.wasReady[w.id] = true
+		}
+	}
+	for _, e := range c.effects {
+		switch e := e.(type) {
+		case Start:
+			c.started[e.Worker] = true
+			if w := m.find(e.Worker); w != nil && w.role == candidate {
+				c.candGen[e.Worker] = e.Gen
+			}
+		case Signal, Kill:
+			id := workerOf(e)
+			if !c.started[id] {
+				return fmt.Sprintf("signal to a worker not running: %s", e)
+			}
+			c.stopped[id] = true
+			if msg := c.checkStopOfServing(id, serving[id], e); msg != "" {
+				return msg
+			}
+		case Answer:
+			c.answered[e.Waiter]++
+			if c.answered[e.Waiter] > 1 {
+				return fmt.Sprintf("answered twice: waiter %d", e.Waiter)
+			}
+			if e.Err == nil && c.failedGen[reloadGen] {
+				return fmt.Sprintf("reload answered as success though a candidate of generation %d failed: %s", reloadGen, e.Message)
+			}
+		case Notify:
+			if slices.Contains(e.Lines, "READY=1") {
+				if msg := c.checkReady(reloadBefore); msg != "" {
+					return msg
+				}
+			}
+		}
+	}
+	if msg := c.checkTimerOnlyWhenReady(ev); msg != "" {
+		return msg
+	}
+	return c.checkState()
+}
+
+func workerOf(e Effect) WorkerID {
+	switch e := e.(type) {
+	case Signal:
+		return e.Worker
+	case Kill:
+		return e.Worker
+	}
+	return 0
+}
+
+// checkStopOfServing: a generation that has not become ready never causes a
+// serving worker of an older one to be stopped. A serving worker is stopped
+// only when sockshim stops, or when its group has a ready worker of a newer
+// generation, or its group or slot left the config.
+func (c *checker) checkStopOfServing(id WorkerID, wasServing bool, e Effect) string {
+	m := c.m
+	if !wasServing || m.stopping {
+		return ""
+	}
+	w := c.find(id)
+	if w == nil {
+		return ""
+	}
+	if _, ok := e.(Kill); ok && w.state != Draining {
+		return fmt.Sprintf("serving worker w%d killed outside a stop: %s", id, e)
+	}
+	if slices.Contains(m.retired, w.group) || w.slot >= len(w.group.slots) {
+		return "" // its group left the config, or its slot a smaller count
+	}
+	for _, x := range m.workers {
+		if x.group == w.group && x.state == Ready && x.gen > w.gen {
+			return ""
+		}
+	}
+	return fmt.Sprintf("ready worker w%d (gen %d) signalled while no newer generation of %s is ready", id, w.gen, w.group.cfg.Name)
+}
+
+// find looks a worker up among the live ones and, for one reaped in this
+// step, nowhere: the caller treats that as nothing to check.
+func (c *checker) find(id WorkerID) *worker { return c.m.find(id) }
+
+// checkReady: the first READY=1 only when every slot is ready; later ones
+// only to end a reload.
+func (c *checker) checkReady(reloadBefore *reloadRun) string {
+	m := c.m
+	if !c.readyOnce {
+		c.readyOnce = true
+		if !m.allReady() {
+			return "first READY=1 while a slot is not ready: " + m.statusLine()
+		}
+		return ""
+	}
+	if reloadBefore == nil || m.reload == reloadBefore {
+		return "READY=1 outside the end of a reload"
+	}
+	return ""
+}
+
+func (c *checker) checkTimerOnlyWhenReady(Event) string { return "" }
+
+// checkState checks the machine's bookkeeping after every step.
+func (c *checker) checkState() string {
+	m := c.m
+	// No worker is forgotten: every worker started and not reaped is known.
+	for id := range c.started {
+		if m.find(id) == nil {
+			return fmt.Sprintf("worker w%d forgotten: started, never reaped, unknown to the machine", id)
+		}
+	}
+	for _, w := range m.workers {
+		if !c.started[w.id] {
+			return fmt.Sprintf("machine tracks w%d, which is reaped or was never started", w.id)
+		}
+		if w.state == Gone {
+			return fmt.Sprintf("w%d is gone but still listed", w.id)
+		}
+		if !slices.Contains(m.groups, w.group) && !slices.Contains(m.retired, w.group) {
+			return fmt.Sprintf("w%d belongs to a group the machine no longer knows", w.id)
+		}
+		if m.stopping && w.state != Draining && w.killed == "" {
+			return fmt.Sprintf("stopping, but w%d (%s) was neither drained nor killed", w.id, w.state)
+		}
+		if m.stopping && !c.stopped[w.id] {
+			return fmt.Sprintf("stopping, but w%d got no signal", w.id)
+		}
+	}
+	for _, g := range m.groups {
+		live := 0
+		for i, sl := range g.slots {
+			if sl.cur == nil {
+				continue
+			}
+			if sl.cur.role != inSlot || sl.cur.slot != i || m.find(sl.cur.id) == nil {
+				return fmt.Sprintf("slot %s[%d] holds w%d, which is not its live worker", g.cfg.Name, i, sl.cur.id)
+			}
+			if sl.cur.state != Draining {
+				live++
+			}
+		}
+		limit := len(g.slots)
+		if ro := g.rollout; ro != nil {
+			for _, w := range ro.pending() {
+				if w.state != Draining {
+					live++
+				}
+			}
+			if ro.parallel() {
+				limit += len(ro.workers)
+			} else {
+				limit = max(limit, len(ro.workers)) + max(ro.cfg.Surge, 1)
+			}
+		}
+		if live > limit {
+			return fmt.Sprintf("group %s runs %d workers that are not draining, more than %d", g.cfg.Name, live, limit)
+		}
+	}
+	if m.Done() && len(c.started) > 0 {
+		return fmt.Sprintf("done with %d workers still running", len(c.started))
+	}
+	return ""
+}
+
+// final checks what must hold once a stop has ended.
+func (c *checker) final() string {
+	var missing []string
+	for _, id := range c.asked {
+		if c.answered[id] != 1 {
+			missing = append(missing, fmt.Sprint(id))
+		}
+	}
+	if len(missing) > 0 {
+		return "reload requests never answered: " + strings.Join(missing, ", ")
+	}
+	return ""
+}
+
+var _ = config.ReadyNotify
