@@ -171,7 +171,7 @@ func randomConfig(rng *rand.Rand) *config.Config {
 		}
 		w := config.Worker{
 			Name: name, Command: []string{name}, Count: 1 + rng.IntN(4),
-			Ready: []config.ReadyMode{config.ReadyNotify, config.ReadyNotify, config.ReadyDelay, config.ReadyCommand}[rng.IntN(4)],
+			Ready:      []config.ReadyMode{config.ReadyNotify, config.ReadyNotify, config.ReadyDelay, config.ReadyCommand}[rng.IntN(4)],
 			ReadyDelay: time.Duration(1+rng.IntN(3)) * time.Second, ReadyTimeout: time.Duration(5+rng.IntN(30)) * time.Second,
 			Strategy:    []config.Strategy{config.StrategyRolling, config.StrategyParallel}[rng.IntN(2)],
 			Surge:       rng.IntN(3),
