@@ -2,15 +2,15 @@
 # The whole test suite: formatting, vet, staticcheck, every test with the race
 # detector (the end-to-end tests boot a real systemd user manager and need
 # root), the package build and install tests (lintian, rpmlint, a Debian 12
-# system booted with systemd-nspawn), and a bounded fuzz run of the handoff
-# decoder.
+# system booted with systemd-nspawn), random schedules of the core state
+# machine, and bounded fuzz runs of every decoder of outside input.
 # Installs what it needs on Debian 12 when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # staticcheck 2026.2.2 is module version v0.8.2 (the proxy serves only the v0.x names).
 STATICCHECK_VERSION=v0.8.2
-FUZZTIME=${FUZZTIME:-20s}
+FUZZTIME=${FUZZTIME:-15s}
 
 # command → Debian package, for everything the tests run.
 need_pkgs=()
@@ -51,5 +51,11 @@ if [ "$status" -ne 0 ]; then
 fi
 # On success: every test's verdict and the figures the tests log.
 grep -E '^(--- |ok |FAIL)|^ +[a-z_]+_test\.go:[0-9]+: ' test-output.log || true
-echo "== fuzz handoff decoder ($FUZZTIME)"
-go test -run='^$' -fuzz=FuzzDecode -fuzztime="$FUZZTIME" ./handoff
+echo "== random schedules of the supervisor's core, without the race detector (100,000)"
+go test -count=1 -v -run '^TestRandomSchedules$' -schedules 100000 -schedule-budget 120s ./shim/core | grep -E '^(---|ok|FAIL)|schedules'
+# Every decoder of outside input, a bounded time each; seed corpora live in
+# each package's testdata/fuzz.
+for target in handoff:FuzzDecode shim/config:FuzzParse shim/control:FuzzRequest shim/control:FuzzReply shim/notify:FuzzParse; do
+	echo "== fuzz ${target#*:} in ./${target%%:*} ($FUZZTIME)"
+	go test -run='^$' -fuzz="^${target#*:}\$" -fuzztime="$FUZZTIME" "./${target%%:*}"
+done

@@ -6,8 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"os/user"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -136,7 +134,7 @@ func (s *Supervisor) trampolineCmd(cfg config.Worker, notifyAddr string, slot, g
 		Pdeathsig: syscall.SIGKILL,
 	}
 	if cfg.User != "" || cfg.Group != "" {
-		cred, err := credential(cfg.User, cfg.Group)
+		cred, err := config.Credential(cfg.User, cfg.Group)
 		if err != nil {
 			return nil, err
 		}
@@ -151,51 +149,6 @@ func (s *Supervisor) trampolineCmd(cfg config.Worker, notifyAddr string, slot, g
 		Stdout:      s.stdout,
 		SysProcAttr: attr,
 	}, nil
-}
-
-// credential resolves user/group names (or numeric ids) for a privilege drop.
-// With only a user, its primary group and supplementary groups are used.
-func credential(userName, groupName string) (*syscall.Credential, error) {
-	cred := &syscall.Credential{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())}
-	if userName != "" {
-		u, err := lookupUser(userName)
-		if err != nil {
-			return nil, err
-		}
-		uid, _ := strconv.ParseUint(u.Uid, 10, 32)
-		gid, _ := strconv.ParseUint(u.Gid, 10, 32)
-		cred.Uid, cred.Gid = uint32(uid), uint32(gid)
-		if ids, err := u.GroupIds(); err == nil {
-			for _, id := range ids {
-				if n, err := strconv.ParseUint(id, 10, 32); err == nil {
-					cred.Groups = append(cred.Groups, uint32(n))
-				}
-			}
-		}
-	}
-	if groupName != "" {
-		gr, err := user.LookupGroup(groupName)
-		if err != nil {
-			if gr, err = user.LookupGroupId(groupName); err != nil {
-				return nil, fmt.Errorf("group %q: %w", groupName, err)
-			}
-		}
-		gid, _ := strconv.ParseUint(gr.Gid, 10, 32)
-		cred.Gid = uint32(gid)
-		cred.Groups = []uint32{uint32(gid)}
-	}
-	return cred, nil
-}
-
-func lookupUser(name string) (*user.User, error) {
-	u, err := user.Lookup(name)
-	if err == nil {
-		return u, nil
-	}
-	if u, err2 := user.LookupId(name); err2 == nil {
-		return u, nil
-	}
-	return nil, fmt.Errorf("user %q: %w", name, err)
 }
 
 // signal sends sig to the worker process itself: servers that are masters of
