@@ -1,8 +1,10 @@
-// Package shim is the supervisor: it holds the listening sockets, runs
-// generations of worker processes through the handoff trampoline, tracks their
-// readiness and reports to the service manager.
+// Package shim is the supervisor's executor: it holds the listening sockets,
+// starts worker processes through the handoff trampoline, and carries out
+// the effects of a core.Machine, which makes every decision.
 //
-// One goroutine (Run) owns all supervisor state. Everything else — child
-// exits, notify datagrams, readiness probes, timers, signals and control
-// requests — arrives as an event on a channel, so no state is ever locked.
+// One goroutine (Run) owns the machine and the host-side state. Child exits,
+// notify datagrams, probe results, timers, signals and control requests
+// arrive on a channel and are stepped one at a time; an effect's outcome that
+// is known at once (a spawn that failed) is queued and stepped after the
+// step that caused it, never inside it. Nothing is locked.
 package shim
