@@ -8,6 +8,7 @@ import (
 
 	"github.com/sockshim/sockshim/handoff"
 	"github.com/sockshim/sockshim/internal/sockfile"
+	"github.com/sockshim/sockshim/internal/unixaddr"
 	"github.com/sockshim/sockshim/shim/config"
 	"golang.org/x/sys/unix"
 )
@@ -103,6 +104,9 @@ func bindInet(l config.Listen) (*os.File, error) {
 
 func bindUnix(l config.Listen) (*os.File, error) {
 	typ := map[string]int{"unix": unix.SOCK_STREAM, "unixgram": unix.SOCK_DGRAM, "unixpacket": unix.SOCK_SEQPACKET}[l.Network]
+	if len(l.Addr) > unixaddr.MaxPath {
+		return nil, fmt.Errorf("socket path is %d bytes; a unix socket path holds at most %d", len(l.Addr), unixaddr.MaxPath)
+	}
 	abstract := strings.HasPrefix(l.Addr, "@")
 	if !abstract {
 		if err := sockfile.RemoveStale(l.Addr, typ); err != nil {
