@@ -69,7 +69,7 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"check", "-c", filepath.Join(dir, "missing.toml")}, 1, nil, []string{"missing.toml: no such file"}},
 		// A supervisor with a bad config never starts anything.
 		{[]string{"run", "-c", bad}, 1, nil, badErrs},
-		{[]string{"run", "-c", longCtl}, 1, nil, []string{"longer than a unix socket address allows (107); set a shorter [control] socket"}},
+		{[]string{"run", "-c", longCtl}, 1, nil, []string{"long.toml:", "control.socket", "a unix socket path holds at most 107"}},
 		{[]string{"reload", "-c", good}, 1, nil, []string{"is it running with this config?"}},
 		{[]string{"status", "-c", good}, 1, nil, []string{"is it running with this config?"}},
 	} {
