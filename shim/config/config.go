@@ -17,6 +17,15 @@ type Config struct {
 	Control Control  // [control]
 }
 
+// ListenNames returns the names of the [[listen]] entries, in order.
+func (c *Config) ListenNames() []string {
+	names := make([]string, 0, len(c.Listen))
+	for _, l := range c.Listen {
+		names = append(names, l.Name)
+	}
+	return names
+}
+
 // Listen is a socket sockshim binds itself when it is not socket-activated.
 type Listen struct {
 	Name    string // name = "http": the LISTEN_FDNAMES entry workers see
@@ -69,15 +78,6 @@ type Worker struct {
 	Group        string            // group = "myapp": default the user's primary group
 	Env          map[string]string // env = { APP_ENV = "production" }
 	Dir          string            // dir = "/srv/myapp": working directory
-}
-
-// ListenNames returns the names of the [[listen]] entries, in order.
-func (c *Config) ListenNames() []string {
-	names := make([]string, 0, len(c.Listen))
-	for _, l := range c.Listen {
-		names = append(names, l.Name)
-	}
-	return names
 }
 
 // Control is the [control] table.
