@@ -13,9 +13,10 @@ import (
 // id, into the credential its processes run with. An empty user keeps
 // sockshim's uid; an empty group means the user's primary group (or
 // sockshim's gid when user is empty too). Supplementary groups are exactly
-// the group when one is set, and none otherwise: the worker never inherits
-// sockshim's. Parse checks the same lookups, so an error here means the
-// system changed since the config was loaded.
+// the group when one is set; with only a user, the user's own memberships,
+// as systemd's User= gives them; with neither, none. The worker never
+// inherits sockshim's. Parse checks the same lookups, so an error here means
+// the system changed since the config was loaded.
 func Credential(userName, groupName string) (*syscall.Credential, error) {
 	cred := &syscall.Credential{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid()), Groups: []uint32{}}
 	if userName != "" {
@@ -24,6 +25,11 @@ func Credential(userName, groupName string) (*syscall.Credential, error) {
 			return nil, err
 		}
 		cred.Uid, cred.Gid = uid, gid
+		if groupName == "" {
+			if cred.Groups, err = memberships(uid); err != nil {
+				return nil, fmt.Errorf("user %q: %w", userName, err)
+			}
+		}
 	}
 	if groupName != "" {
 		gid, err := lookupGroup(groupName)
@@ -87,4 +93,26 @@ func parseID(s string) (uint32, error) {
 		return 0, fmt.Errorf("%q is not a numeric id", s)
 	}
 	return uint32(n), nil
+}
+
+// memberships lists the gids of the groups user uid belongs to, its primary
+// group included.
+func memberships(uid uint32) ([]uint32, error) {
+	u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10))
+	if err != nil {
+		return nil, err
+	}
+	ids, err := u.GroupIds()
+	if err != nil {
+		return nil, fmt.Errorf("supplementary groups: %w", err)
+	}
+	gids := make([]uint32, 0, len(ids))
+	for _, id := range ids {
+		gid, err := parseID(id)
+		if err != nil {
+			return nil, fmt.Errorf("supplementary group %q: %w", id, err)
+		}
+		gids = append(gids, gid)
+	}
+	return gids, nil
 }
