@@ -21,8 +21,10 @@ import (
 
 const (
 	// maxConns is how many conversations run at once; more connections
-	// are answered "busy" and closed.
-	maxConns = 16
+	// are answered "busy" and closed. Reload requests wait for the reload,
+	// so a deploy tool that fires one per host or per service instance can
+	// hold dozens; each costs a descriptor and a goroutine.
+	maxConns = 64
 	// defaultRequestTimeout bounds the wait for a client's request line.
 	defaultRequestTimeout = 5 * time.Second
 	// Accept failures for want of descriptors or memory are retried after
