@@ -52,7 +52,7 @@ fi
 # On success: every test's verdict and the figures the tests log.
 grep -E '^(--- |ok |FAIL)|^ +[a-z_]+_test\.go:[0-9]+: ' test-output.log || true
 echo "== random schedules of the supervisor's core, without the race detector (100,000)"
-go test -count=1 -v -run '^TestRandomSchedules$' -schedules 100000 -schedule-budget 120s ./shim/core | grep -E '^(---|ok|FAIL)|schedules'
+go test -count=1 -v -run '^TestRandomSchedules$' ./shim/core -args -schedules=100000 -schedule-budget=120s | grep -E '^(---|ok|FAIL)|schedules'
 # Every decoder of outside input, a bounded time each; seed corpora live in
 # each package's testdata/fuzz.
 for target in handoff:FuzzDecode shim/config:FuzzParse shim/control:FuzzRequest shim/control:FuzzReply shim/notify:FuzzParse; do
