@@ -24,7 +24,7 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("accepted inconsistent header %+v", h)
 		}
 		for _, n := range h.names {
-			if checkName(n) != nil {
+			if CheckName(n) != nil {
 				t.Fatalf("accepted bad name %q", n)
 			}
 		}

@@ -28,7 +28,7 @@ func Pair() (parent, child *os.File, err error) {
 func Send(conn *os.File, socks []Socket) error {
 	names := make([]string, len(socks))
 	for i, s := range socks {
-		if err := checkName(s.Name); err != nil {
+		if err := CheckName(s.Name); err != nil {
 			return fmt.Errorf("handoff: socket %d: %w", i, err)
 		}
 		if s.File == nil {

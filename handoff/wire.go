@@ -139,6 +139,3 @@ func CheckName(n string) error {
 	}
 	return nil
 }
-
-// checkName is the name send.go and fuzz_test.go still use for CheckName.
-var checkName = CheckName

@@ -95,11 +95,7 @@ func openSockets(cfg *config.Config, log *slog.Logger) ([]handoff.Socket, error)
 		return nil, err
 	}
 	if len(socks) > 0 {
-		var names []string
-		for _, l := range cfg.Listen {
-			names = append(names, l.Name)
-		}
-		if err := sockets.CheckInherited(socks, names); err != nil {
+		if err := sockets.CheckInherited(socks, cfg.ListenNames()); err != nil {
 			sockets.Close(socks)
 			return nil, err
 		}
