@@ -236,6 +236,19 @@ func (c *checker) checkState() string {
 	return ""
 }
 
+// quiet checks what must hold once the world only made progress for a
+// while: no reload hangs, no request waits, every slot serves.
+func (c *checker) quiet() string {
+	m := c.m
+	if m.reload != nil || len(m.pending) > 0 {
+		return fmt.Sprintf("reload hangs: %d callers waiting, status %q", len(m.pending), m.statusLine())
+	}
+	if !m.allReady() {
+		return "a slot does not serve after quiescence: " + m.statusLine()
+	}
+	return ""
+}
+
 // final checks what must hold once a stop has ended.
 func (c *checker) final() string {
 	var missing []string

@@ -242,11 +242,10 @@ func (m *Machine) rolloutReady(w *worker) {
 	} else {
 		m.takeSlot(w)
 	}
+	m.advance(g)
 	if ro.next == len(ro.workers) && len(ro.pending()) == 0 {
 		m.rolloutEnd(g, nil)
-		return
 	}
-	m.advance(g)
 }
 
 // takeSlot puts a ready candidate in its slot and drains the slot's old

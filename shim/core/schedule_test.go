@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -57,105 +58,138 @@ var lastSteps int
 type violation struct {
 	seed     uint64
 	msg      string
-	schedule []Event
+	schedule *schedule
+}
+
+// schedule is what a run can be replayed from: the first config, the events
+// from outside (a worker exits, a timer fires, a caller asks…) and the
+// outcomes the executor would have known at once, in the order they were
+// asked for. Shrinking drops outside events and keeps the outcomes.
+type schedule struct {
+	cfg        *config.Config
+	events     []Event
+	spawnFails []bool
+	configs    []ConfigLoaded
 }
 
 func (v *violation) report() string {
 	short := shrink(v.schedule, v.msg)
 	var b strings.Builder
-	fmt.Fprintf(&b, "seed %d: %s\nreproduce: go test ./shim/core -run TestRandomSchedules -seed %d\nshortened schedule (%d of %d events):\n",
-		v.seed, v.msg, v.seed, len(short), len(v.schedule))
-	for _, ev := range short {
+	fmt.Fprintf(&b, "seed %d: %s\nreproduce: go test ./shim/core -run TestRandomSchedules -seed %d\nshortened schedule (%d of %d events from outside), first config %s:\n",
+		v.seed, v.msg, v.seed, len(short.events), len(v.schedule.events), configString(short.cfg))
+	w := newWorld(short, nil)
+	for _, ev := range short.events {
+		w.fed = nil
 		fmt.Fprintf(&b, "\t%s\n", eventString(ev))
-	}
-	// The state before the breaking step and what that step did.
-	c := newChecker(New(short[0].(ConfigLoaded).Config))
-	now := time.Unix(0, 0)
-	for i, ev := range short[1:] {
-		now = now.Add(time.Millisecond)
-		if i == len(short)-2 {
-			fmt.Fprintf(&b, "state before the last event:\n\t%s\neffects of the last event:\n", strings.Join(c.m.dump(), "\n\t"))
-		}
 		func() {
 			defer func() { _ = recover() }()
-			c.step(now, ev)
+			w.replayStep(ev)
 		}()
-	}
-	for _, e := range c.effects {
-		fmt.Fprintf(&b, "\t%s\n", e)
+		for _, e := range w.fed {
+			if l, ok := e.(Log); !ok || l.Level >= slog.LevelWarn {
+				fmt.Fprintf(&b, "\t\t→ %s\n", e)
+			}
+		}
 	}
 	return b.String()
 }
 
+func configString(cfg *config.Config) string {
+	var gs []string
+	for _, w := range cfg.Workers {
+		gs = append(gs, fmt.Sprintf("%s×%d %s surge=%d ready=%s reloadable=%v", w.Name, w.Count, w.Strategy, w.Surge, w.Ready, w.Reloadable))
+	}
+	return "{" + strings.Join(gs, "; ") + "}"
+}
+
 func eventString(ev Event) string {
 	switch ev := ev.(type) {
-	case ConfigLoaded:
-		if ev.Err != nil {
-			return "ConfigLoaded{error}"
-		}
-		var gs []string
-		for _, w := range ev.Config.Workers {
-			gs = append(gs, fmt.Sprintf("%s×%d %s surge=%d ready=%s reloadable=%v", w.Name, w.Count, w.Strategy, w.Surge, w.Ready, w.Reloadable))
-		}
-		return "ConfigLoaded{" + strings.Join(gs, "; ") + "}"
 	case Notified:
 		return fmt.Sprintf("Notified{w%d %v}", ev.Worker, ev.Msg.Fields)
+	case quiesced:
+		return "(at rest: check that no reload hangs and every slot serves)"
 	}
 	return fmt.Sprintf("%T%+v", ev, ev)
 }
 
-// shrink drops events while the same invariant still breaks.
-func shrink(schedule []Event, msg string) []Event {
+// shrink drops outside events while the same invariant still breaks.
+func shrink(sc *schedule, msg string) *schedule {
 	key, _, _ := strings.Cut(msg, ":")
-	fails := func(s []Event) bool {
-		v := replay(s)
+	fails := func(events []Event) bool {
+		v := replay(&schedule{cfg: sc.cfg, events: events, spawnFails: sc.spawnFails, configs: sc.configs})
 		return v != nil && strings.HasPrefix(v.msg, key)
 	}
-	// schedule[0] is the first config; it stays.
-	for chunk := len(schedule) / 2; chunk >= 1; chunk /= 2 {
-		for i := 1; i+chunk <= len(schedule); {
-			cand := slices.Concat(schedule[:i], schedule[i+chunk:])
+	events := sc.events
+	for chunk := len(events) / 2; chunk >= 1; chunk /= 2 {
+		for i := 1; i+chunk <= len(events); { // events[0] is Boot
+			cand := slices.Concat(events[:i], events[i+chunk:])
 			if fails(cand) {
-				schedule = cand
+				events = cand
 			} else {
 				i += chunk
 			}
 		}
 	}
-	return schedule
+	return &schedule{cfg: sc.cfg, events: events, spawnFails: sc.spawnFails, configs: sc.configs}
 }
 
-// replay steps a recorded schedule through a fresh machine and checker.
-func replay(schedule []Event) (v *violation) {
-	cfg := schedule[0].(ConfigLoaded).Config
-	c := newChecker(New(cfg))
+// replay runs a recorded schedule through a fresh machine and checker.
+func replay(sc *schedule) (v *violation) {
+	w := newWorld(sc, nil)
 	defer func() {
 		if r := recover(); r != nil {
-			v = &violation{msg: fmt.Sprintf("panic: %v", r), schedule: schedule}
+			v = &violation{msg: fmt.Sprintf("panic: %v", r), schedule: sc}
 		}
 	}()
-	now := time.Unix(0, 0)
-	for _, ev := range schedule[1:] {
-		now = now.Add(time.Millisecond)
-		if msg := c.step(now, ev); msg != "" {
-			return &violation{msg: msg, schedule: schedule}
+	for _, ev := range sc.events {
+		if msg := w.replayStep(ev); msg != "" {
+			return &violation{msg: msg, schedule: sc}
 		}
 	}
 	return nil
 }
 
+// replayStep feeds one recorded outside event, or skips it when what it
+// speaks of does not exist in this replay (a shrunk schedule may have
+// dropped the spawn it needs).
+func (w *world) replayStep(ev Event) string {
+	w.c.effects = nil
+	switch ev := ev.(type) {
+	case quiesced:
+		return w.quiesce()
+	case Exited:
+		if w.procs[ev.Worker] == nil {
+			return ""
+		}
+	case Notified:
+		if w.procs[ev.Worker] == nil {
+			return ""
+		}
+	case Probed:
+		if w.procs[ev.Worker] == nil {
+			return ""
+		}
+	}
+	return w.feed(ev)
+}
+
 // world plays the host: processes, timers, the config on disk.
 type world struct {
-	rng      *rand.Rand
+	rng      *rand.Rand // nil when replaying
 	m        *Machine
 	c        *checker
 	now      time.Time
-	schedule []Event
+	script   *schedule // recorded, or replayed
+	spawns   int       // outcomes of script used so far
+	loads    int
 	queue    []Event // outcomes the executor knows at once
 	procs    map[WorkerID]*simProc
 	timers   map[TimerID]time.Time
 	releases []int // gens awaiting Released
 	waiters  WaiterID
+	calm     bool // nothing fails: spawns succeed, configs load
+	steps    int
+	fed      []Effect // of the last feed, for reports
 }
 
 type simProc struct {
@@ -186,64 +220,142 @@ func randomConfig(rng *rand.Rand) *config.Config {
 	return cfg
 }
 
+func newWorld(sc *schedule, rng *rand.Rand) *world {
+	m := New(sc.cfg)
+	return &world{rng: rng, m: m, c: newChecker(m), now: time.Unix(0, 0), script: sc,
+		procs: map[WorkerID]*simProc{}, timers: map[TimerID]time.Time{}}
+}
+
 func runSchedule(s uint64) (v *violation) {
 	rng := rand.New(rand.NewPCG(s, 0x50c55111))
-	cfg := randomConfig(rng)
-	w := &world{rng: rng, m: New(cfg), now: time.Unix(0, 0), procs: map[WorkerID]*simProc{}, timers: map[TimerID]time.Time{}}
-	w.c = newChecker(w.m)
-	w.schedule = []Event{ConfigLoaded{Config: cfg}}
+	sc := &schedule{cfg: randomConfig(rng)}
+	w := newWorld(sc, rng)
+	fail := func(msg string) *violation { return &violation{seed: s, msg: msg, schedule: sc} }
 	defer func() {
 		if r := recover(); r != nil {
-			v = &violation{seed: s, msg: fmt.Sprintf("panic: %v", r), schedule: w.schedule}
+			v = fail(fmt.Sprintf("panic: %v", r))
 		}
-		lastSteps = len(w.schedule)
+		lastSteps = w.steps
 	}()
-	if msg := w.feed(Boot{}); msg != "" {
-		return &violation{seed: s, msg: msg, schedule: w.schedule}
+	if msg := w.record(Boot{}); msg != "" {
+		return fail(msg)
 	}
-	steps := 10 + rng.IntN(120)
-	for i := 0; i < steps; i++ {
-		if msg := w.feed(w.randomEvent(false)); msg != "" {
-			return &violation{seed: s, msg: msg, schedule: w.schedule}
+	for range 10 + rng.IntN(120) {
+		if msg := w.record(w.randomEvent(false)); msg != "" {
+			return fail(msg)
 		}
+	}
+	sc.events = append(sc.events, quiesced{})
+	if msg := w.quiesce(); msg != "" {
+		return fail(msg)
 	}
 	// Settle: stop, then let the world run until the machine is done.
-	if msg := w.feed(StopRequested{}); msg != "" {
-		return &violation{seed: s, msg: msg, schedule: w.schedule}
+	if msg := w.record(StopRequested{}); msg != "" {
+		return fail(msg)
 	}
 	for i := 0; !w.m.Done(); i++ {
 		if i == 5000 {
-			return &violation{seed: s, msg: fmt.Sprintf("stop never ends: %d workers left", len(w.m.workers)), schedule: w.schedule}
+			return fail(fmt.Sprintf("stop never ends: %d workers left", len(w.m.workers)))
 		}
-		ev := w.randomEvent(true)
-		if ev == nil {
-			continue
-		}
-		if msg := w.feed(ev); msg != "" {
-			return &violation{seed: s, msg: msg, schedule: w.schedule}
+		if ev := w.randomEvent(true); ev != nil {
+			if msg := w.record(ev); msg != "" {
+				return fail(msg)
+			}
 		}
 	}
 	if msg := w.c.final(); msg != "" {
-		return &violation{seed: s, msg: msg, schedule: w.schedule}
+		return fail(msg)
 	}
 	return nil
+}
+
+// quiesce lets the world only make progress (unless a stop came already):
+// workers become ready, stopped ones exit, timers fire in order, nothing
+// fails. Then no reload may hang and every slot must serve. Its events are
+// not recorded: a replay makes them again from its own state.
+func (w *world) quiesce() string {
+	w.calm = true
+	defer func() { w.calm = false }()
+	for i := 0; !w.m.stopping; i++ {
+		if i == 5000 {
+			return "quiescence never reached"
+		}
+		ev := w.progressEvent()
+		if ev == nil {
+			return w.c.quiet()
+		}
+		if msg := w.feed(ev); msg != "" {
+			return msg
+		}
+	}
+	return ""
+}
+
+// record feeds an outside event and keeps it in the schedule.
+func (w *world) record(ev Event) string {
+	w.script.events = append(w.script.events, ev)
+	return w.feed(ev)
 }
 
 // feed steps ev and then every outcome it causes that the executor would
 // know at once, checking invariants after each step.
 func (w *world) feed(ev Event) string {
+	w.fed = w.fed[:0]
 	w.queue = append(w.queue, ev)
 	for len(w.queue) > 0 {
 		ev := w.queue[0]
 		w.queue = w.queue[1:]
-		w.now = w.now.Add(time.Duration(w.rng.IntN(3)) * time.Millisecond)
-		w.schedule = append(w.schedule, ev)
-		if msg := w.c.step(w.now, ev); msg != "" {
+		w.steps++
+		if w.rng != nil {
+			w.now = w.now.Add(time.Duration(w.rng.IntN(3)) * time.Millisecond)
+		} else {
+			w.now = w.now.Add(time.Millisecond)
+		}
+		if t, ok := ev.(TimerFired); ok {
+			if at, ok := w.timers[t.Timer]; ok && at.After(w.now) {
+				w.now = at
+			}
+			delete(w.timers, t.Timer)
+		}
+		msg := w.c.step(w.now, ev)
+		w.fed = append(w.fed, w.c.effects...)
+		if msg != "" {
 			return msg
 		}
 		w.react(ev, w.c.effects)
 	}
 	return ""
+}
+
+// spawnFails decides whether a Start fails at once: at random while
+// recording, as recorded while replaying.
+func (w *world) spawnFails() bool {
+	sc := w.script
+	if w.rng == nil {
+		w.spawns++
+		return w.spawns <= len(sc.spawnFails) && sc.spawnFails[w.spawns-1]
+	}
+	f := !w.calm && w.rng.IntN(12) == 0
+	sc.spawnFails = append(sc.spawnFails, f)
+	return f
+}
+
+// loaded decides what LoadConfig reads, likewise.
+func (w *world) loaded() ConfigLoaded {
+	sc := w.script
+	if w.rng == nil {
+		w.loads++
+		if w.loads <= len(sc.configs) {
+			return sc.configs[w.loads-1]
+		}
+		return ConfigLoaded{Config: sc.cfg}
+	}
+	c := ConfigLoaded{Config: randomConfig(w.rng)}
+	if !w.calm && w.rng.IntN(5) == 0 {
+		c = ConfigLoaded{Err: errors.New("app.toml:3: bad")}
+	}
+	sc.configs = append(sc.configs, c)
+	return c
 }
 
 func (w *world) react(ev Event, effects []Effect) {
@@ -256,10 +368,10 @@ func (w *world) react(ev Event, effects []Effect) {
 	for _, e := range effects {
 		switch e := e.(type) {
 		case Start:
-			if w.rng.IntN(12) == 0 {
+			if w.spawnFails() {
 				w.queue = append(w.queue, SpawnFailed{Worker: e.Worker, Err: errors.New("EMFILE")})
 			} else {
-				w.procs[e.Worker] = &simProc{readyMode: e.Config.Ready, stubborn: w.rng.IntN(6) == 0}
+				w.procs[e.Worker] = &simProc{readyMode: e.Config.Ready, stubborn: w.rng != nil && w.rng.IntN(6) == 0}
 				w.queue = append(w.queue, Spawned{Worker: e.Worker, PID: 1000 + int(e.Worker)})
 			}
 		case Signal:
@@ -283,15 +395,11 @@ func (w *world) react(ev Event, effects []Effect) {
 		case CancelTimer:
 			// Sometimes the timer had already fired and its event is on
 			// its way: the machine must ignore it.
-			if w.rng.IntN(10) != 0 {
+			if w.rng == nil || w.rng.IntN(10) != 0 {
 				delete(w.timers, e.Timer)
 			}
 		case LoadConfig:
-			if w.rng.IntN(5) == 0 {
-				w.queue = append(w.queue, ConfigLoaded{Err: errors.New("app.toml:3: bad")})
-			} else {
-				w.queue = append(w.queue, ConfigLoaded{Config: randomConfig(w.rng)})
-			}
+			w.queue = append(w.queue, w.loaded())
 		case AwaitRelease:
 			w.releases = append(w.releases, e.Gen)
 		}
@@ -372,6 +480,49 @@ func (w *world) randomEvent(settling bool) Event {
 	}
 }
 
+// progressEvent picks the next step towards quiescence, or nil when none is
+// left: a starting worker becomes ready the way its config says, a stopped
+// one exits, an awaited release comes, else the earliest timer fires.
+func (w *world) progressEvent() Event {
+	ids := make([]WorkerID, 0, len(w.procs))
+	for id := range w.procs {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		p, mw := w.procs[id], w.m.find(id)
+		if mw == nil || mw.state != Starting {
+			continue
+		}
+		switch {
+		case p.readyMode == config.ReadyNotify:
+			return Notified{Worker: id, Msg: notify.Message{PID: 1000 + int(id), Fields: []notify.Field{{Key: "READY", Value: "1"}}}}
+		case p.readyMode == config.ReadyCommand && p.probing:
+			return Probed{Worker: id}
+		}
+	}
+	for _, id := range ids {
+		if p := w.procs[id]; p.signalled || p.killed {
+			return Exited{Worker: id, Status: "exit status 0"}
+		}
+	}
+	if len(w.releases) > 0 {
+		gen := w.releases[0]
+		w.releases = w.releases[1:]
+		return Released{Gen: gen, Took: time.Millisecond}
+	}
+	if len(w.timers) == 0 {
+		return nil
+	}
+	var next TimerID
+	for id, at := range w.timers {
+		if next == 0 || at.Before(w.timers[next]) || at.Equal(w.timers[next]) && id < next {
+			next = id
+		}
+	}
+	return TimerFired{Timer: next}
+}
+
 // fireTimer advances the clock to a pending timer and fires it; other due
 // timers may wait (fire late).
 func (w *world) fireTimer(settling bool) Event {
@@ -392,9 +543,11 @@ func (w *world) fireTimer(settling bool) Event {
 			}
 		}
 	}
-	if at := w.timers[id]; at.After(w.now) {
-		w.now = at
-	}
-	delete(w.timers, id)
 	return TimerFired{Timer: id}
 }
+
+// quiesced marks where a schedule checked the machine at rest; it is not an
+// event of the machine.
+type quiesced struct{}
+
+func (quiesced) isEvent() {}
