@@ -21,6 +21,20 @@ func (m *Machine) drain(w *worker) {
 	m.limitDraining(w.group)
 }
 
+// retireWorker takes w out of its slot or rollout for good and drains it.
+func (m *Machine) retireWorker(w *worker) {
+	w.role = retiring
+	m.drain(w)
+}
+
+// dropCandidates retires the rollout's candidates that have not taken their
+// slot.
+func (m *Machine) dropCandidates(ro *rollout) {
+	for _, p := range ro.pending() {
+		m.retireWorker(p)
+	}
+}
+
 // kill SIGKILLs a live worker's process group, once.
 func (m *Machine) kill(w *worker, why string) {
 	if w.state == Gone || w.killed != "" {

@@ -204,10 +204,8 @@ func (m *Machine) advance(g *group) {
 		}
 		// surge = 0, once the canary serves: the old worker makes room first.
 		if !ro.parallel() && ro.cfg.Surge == 0 && ro.canaryOK && id < len(g.slots) && g.slots[id].cur != nil {
-			old := g.slots[id].cur
+			m.retireWorker(g.slots[id].cur)
 			g.slots[id].cur = nil
-			old.role = retiring
-			m.drain(old)
 		}
 		ro.workers[id] = m.start(g, ro.cfg, id, ro.gen, candidate)
 		inflight++
@@ -258,9 +256,8 @@ func (m *Machine) takeSlot(w *worker) {
 	}
 	sl := g.slots[w.slot]
 	m.cancelTimer(&sl.respawnTimer)
-	if old := sl.cur; old != nil {
-		old.role = retiring
-		m.drain(old)
+	if sl.cur != nil {
+		m.retireWorker(sl.cur)
 	}
 	sl.cur = w
 	sl.failures = 0
@@ -269,8 +266,7 @@ func (m *Machine) takeSlot(w *worker) {
 // rolloutFailed handles a candidate that exited, could not start or timed
 // out.
 func (m *Machine) rolloutFailed(w *worker) {
-	w.role = retiring
-	m.drain(w)
+	m.retireWorker(w)
 	why := fmt.Sprintf("%s (generation %d", w, w.gen)
 	if w.pid != 0 {
 		why += fmt.Sprintf(", pid %d", w.pid)
@@ -307,10 +303,7 @@ func (m *Machine) endRollout(g *group, err error) {
 	g.rollout = nil
 	r := m.reload
 	if err != nil {
-		for _, p := range ro.pending() {
-			p.role = retiring
-			m.drain(p)
-		}
+		m.dropCandidates(ro)
 		// Slots surge = 0 emptied, or whose respawn waited for a
 		// candidate, get a worker of the generation the group now serves.
 		for id, sl := range g.slots {
@@ -337,8 +330,7 @@ func (m *Machine) endRollout(g *group, err error) {
 		for _, sl := range g.slots[len(ro.workers):] {
 			m.cancelTimer(&sl.respawnTimer)
 			if sl.cur != nil {
-				sl.cur.role = retiring
-				m.drain(sl.cur)
+				m.retireWorker(sl.cur)
 			}
 		}
 		g.slots = g.slots[:len(ro.workers)]
@@ -442,15 +434,11 @@ func (m *Machine) retire(g *group) {
 	for _, sl := range g.slots {
 		m.cancelTimer(&sl.respawnTimer)
 		if sl.cur != nil {
-			sl.cur.role = retiring
-			m.drain(sl.cur)
+			m.retireWorker(sl.cur)
 		}
 	}
 	if g.rollout != nil {
-		for _, p := range g.rollout.pending() {
-			p.role = retiring
-			m.drain(p)
-		}
+		m.dropCandidates(g.rollout)
 		g.rollout = nil
 	}
 	g.slots = nil
@@ -480,10 +468,7 @@ func (m *Machine) abortReload(err error) {
 		}
 		for _, g := range m.groups {
 			if g.rollout != nil {
-				for _, p := range g.rollout.pending() {
-					p.role = retiring
-					m.drain(p)
-				}
+				m.dropCandidates(g.rollout)
 				g.rollout = nil
 			}
 		}
