@@ -1,111 +1,207 @@
 package notify
 
 import (
-	"crypto/rand"
-	"encoding/hex"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
+	"sync"
+	"time"
 
+	"github.com/sockshim/sockshim/internal/unixaddr"
 	"golang.org/x/sys/unix"
 )
 
-// Proxy is a notify socket for one worker. The worker finds its address in
+// ReportInterval is how often a proxy reports datagrams it dropped: the
+// first one at once, then at most one summary per interval.
+const ReportInterval = 10 * time.Second
+
+// Errors a Rejection carries besides Parse's.
+var (
+	ErrSender    = errors.New("sender is outside the worker's process group")
+	ErrTooLarge  = fmt.Errorf("datagram larger than %d bytes", MaxDatagram)
+	ErrTruncated = errors.New("datagram with truncated ancillary data")
+)
+
+// Proxy is a notify socket for one worker. The worker finds its path in
 // NOTIFY_SOCKET; sockshim reads what it sends and decides what to forward.
 //
-// The socket lives in the abstract namespace so it needs no directory, leaves
-// nothing behind and works for workers that dropped privileges. Abstract
-// sockets have no permission bits, so every datagram carries the sender's
-// credentials (SO_PASSCRED) and the caller decides whom to believe.
+// The socket file (mode 0600) is writable only by sockshim's uid and the
+// worker's, so no other user can send to it. Every datagram still carries
+// the sender's credentials (SO_PASSCRED), and Serve's caller decides whom to
+// believe among those who can.
 type Proxy struct {
-	conn *net.UnixConn
-	addr string
+	conn      *net.UnixConn
+	path      string
+	interval  time.Duration
+	closeOnce sync.Once
 }
 
-// Listen opens a proxy socket whose abstract name contains tag (for humans
-// reading ss(8) output) and a random suffix (so names never collide or get
-// guessed across sockshim restarts).
-func Listen(tag string) (*Proxy, error) {
-	var rnd [6]byte
-	if _, err := rand.Read(rnd[:]); err != nil {
-		return nil, fmt.Errorf("notify proxy: random name: %w", err)
-	}
-	addr := fmt.Sprintf("@sockshim/%d/%s/%s", os.Getpid(), tag, hex.EncodeToString(rnd[:]))
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: addr, Net: "unixgram"})
+// Rejection sums up the datagrams a proxy dropped since its last report.
+type Rejection struct {
+	Count int   // datagrams dropped
+	PID   int   // sender of the last one, 0 if unknown
+	Err   error // why the last one was dropped
+}
+
+// Listen opens the notify socket of a worker whose processes run as uid,
+// named name in sockshim's notify directory.
+func Listen(name string, uid int) (*Proxy, error) {
+	dir, err := acquireDir()
 	if err != nil {
-		return nil, fmt.Errorf("notify proxy %s: %w", addr, err)
+		return nil, err
 	}
-	raw, err := conn.SyscallConn()
+	path := filepath.Join(dir, name)
+	p, err := listen(path, uid)
+	if err != nil {
+		releaseDir()
+		return nil, fmt.Errorf("notify socket %s: %w", path, err)
+	}
+	return p, nil
+}
+
+func listen(path string, uid int) (*Proxy, error) {
+	if len(path) > unixaddr.MaxPath {
+		return nil, fmt.Errorf("%d bytes, longer than a unix socket address allows (%d)", len(path), unixaddr.MaxPath)
+	}
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{conn: conn, path: path, interval: ReportInterval}
+	// The umask is process-wide, so the mode is set after bind; until the
+	// worker starts, nobody else knows the path.
+	err = os.Chmod(path, 0o600)
+	if err == nil && uid != os.Getuid() {
+		err = allowUser(path, uid)
+	}
+	if err == nil {
+		err = setPassCred(conn)
+	}
 	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("notify proxy %s: %w", addr, err)
+		os.Remove(path)
+		return nil, err
+	}
+	return p, nil
+}
+
+func setPassCred(conn *net.UnixConn) error {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("SO_PASSCRED: %w", err)
 	}
 	var serr error
 	if err := raw.Control(func(fd uintptr) {
 		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1)
 	}); err != nil || serr != nil {
-		conn.Close()
-		return nil, fmt.Errorf("notify proxy %s: SO_PASSCRED: %w", addr, errors.Join(err, serr))
+		return fmt.Errorf("SO_PASSCRED: %w", errors.Join(err, serr))
 	}
-	return &Proxy{conn: conn, addr: addr}, nil
+	return nil
 }
 
 // Addr is the value for the worker's NOTIFY_SOCKET.
-func (p *Proxy) Addr() string { return p.addr }
+func (p *Proxy) Addr() string { return p.path }
 
-// Close stops Serve and releases the socket.
-func (p *Proxy) Close() error { return p.conn.Close() }
+// Close stops Serve and removes the socket file. Calls after the first do
+// nothing.
+func (p *Proxy) Close() error {
+	var err error
+	p.closeOnce.Do(func() {
+		err = p.conn.Close()
+		if rerr := os.Remove(p.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			err = errors.Join(err, rerr)
+		}
+		releaseDir()
+	})
+	return err
+}
 
-// Serve reads datagrams until the proxy is closed, calling handle for each
-// well-formed one and bad for each malformed one. File descriptors a worker
-// attaches (FDSTORE=1) are closed at once: sockshim stores none for workers.
-func (p *Proxy) Serve(handle func(Message), bad func(pid int, err error)) {
+// Serve reads datagrams until the proxy is closed. A datagram from a sender
+// that accept refuses is dropped before it is parsed; handle gets each
+// well-formed one from an accepted sender. Dropped datagrams are counted, and
+// report gets the count: at once for the first, then at most once per
+// ReportInterval while more arrive, so that a flood costs a bounded number
+// of reports. File descriptors a sender attaches (FDSTORE=1) are closed at
+// once: sockshim stores none for workers.
+func (p *Proxy) Serve(accept func(pid int) bool, handle func(Message), report func(Rejection)) {
 	buf := make([]byte, MaxDatagram+1)
 	oob := make([]byte, unix.CmsgSpace(unix.SizeofUcred)+unix.CmsgSpace(4*253))
+	var pending Rejection
+	quiet := true // no report within the last interval
+	drop := func(pid int, err error) {
+		if quiet {
+			report(Rejection{Count: 1, PID: pid, Err: err})
+			quiet = false
+			_ = p.conn.SetReadDeadline(time.Now().Add(p.interval))
+			return
+		}
+		pending.Count++
+		pending.PID, pending.Err = pid, err
+	}
 	for {
 		n, oobn, flags, _, err := p.conn.ReadMsgUnix(buf, oob)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			// An interval ended: report what it dropped, or fall quiet.
+			if pending.Count == 0 {
+				quiet = true
+				_ = p.conn.SetReadDeadline(time.Time{})
+				continue
 			}
-			bad(0, fmt.Errorf("read: %w", err))
+			report(pending)
+			pending = Rejection{}
+			_ = p.conn.SetReadDeadline(time.Now().Add(p.interval))
+			continue
+		case errors.Is(err, net.ErrClosed):
+			if pending.Count > 0 {
+				report(pending)
+			}
+			return
+		case err != nil:
+			drop(0, fmt.Errorf("read: %w", err))
 			continue
 		}
 		pid := closeRightsAndGetPID(oob[:oobn])
 		switch {
+		case !accept(pid):
+			drop(pid, ErrSender)
 		case flags&unix.MSG_TRUNC != 0 || n > MaxDatagram:
-			bad(pid, fmt.Errorf("datagram larger than %d bytes dropped", MaxDatagram))
-			continue
+			drop(pid, ErrTooLarge)
 		case flags&unix.MSG_CTRUNC != 0:
-			bad(pid, errors.New("datagram with truncated ancillary data dropped"))
-			continue
+			drop(pid, ErrTruncated)
+		default:
+			m, err := Parse(buf[:n])
+			if err != nil {
+				drop(pid, err)
+				continue
+			}
+			m.PID = pid
+			handle(m)
 		}
-		m, err := Parse(buf[:n])
-		if err != nil {
-			bad(pid, err)
-			continue
-		}
-		m.PID = pid
-		handle(m)
 	}
 }
 
-// closeRightsAndGetPID returns the sender pid from SCM_CREDENTIALS and closes
-// any descriptors passed with SCM_RIGHTS (Go reads them close-on-exec).
+// closeRightsAndGetPID returns the sender pid from SCM_CREDENTIALS (0 if
+// absent) and closes any descriptors passed with SCM_RIGHTS (Go reads them
+// close-on-exec). It allocates only for SCM_RIGHTS.
 func closeRightsAndGetPID(oob []byte) int {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return 0
-	}
 	pid := 0
-	for _, m := range msgs {
-		if cred, err := unix.ParseUnixCredentials(&m); err == nil {
-			pid = int(cred.Pid)
+	for len(oob) > 0 {
+		hdr, data, rest, err := unix.ParseOneSocketControlMessage(oob)
+		if err != nil {
+			return pid
 		}
-		if fds, err := unix.ParseUnixRights(&m); err == nil {
-			for _, fd := range fds {
-				unix.Close(fd)
+		oob = rest
+		switch {
+		case hdr.Level != unix.SOL_SOCKET:
+		case hdr.Type == unix.SCM_CREDENTIALS && len(data) >= unix.SizeofUcred:
+			pid = int(int32(binary.NativeEndian.Uint32(data)))
+		case hdr.Type == unix.SCM_RIGHTS:
+			for ; len(data) >= 4; data = data[4:] {
+				unix.Close(int(int32(binary.NativeEndian.Uint32(data))))
 			}
 		}
 	}
