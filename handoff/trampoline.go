@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,6 +23,21 @@ const HandoffFD = 3
 
 // listenFDsStart is SD_LISTEN_FDS_START.
 const listenFDsStart = 3
+
+// parent is sockshim's pid as the trampoline first saw it.
+var parent int
+
+// The parent-death signal is kept per thread, and exec hands the new image
+// the signal of the thread that calls it. A Go program runs main on any
+// thread unless the main goroutine is locked to the main thread before main
+// starts, which is what an init can do; the trampoline's exec then comes
+// from the thread the kernel set up with sockshim's Pdeathsig.
+func init() {
+	if len(os.Args) > 1 && os.Args[1] == TrampolineArg {
+		runtime.LockOSThread()
+		parent = os.Getppid()
+	}
+}
 
 // Trampoline receives the sockets on HandoffFD, puts them at descriptors 3,
 // 4, … in the order sent, sets LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID (its
@@ -74,6 +90,15 @@ func Trampoline(argv []string) error {
 		return fmt.Errorf("trampoline: close_range: %w", err)
 	}
 	env := listenEnv(os.Environ(), os.Getpid(), names)
+	// Set the signal again on this very thread and only then look at the
+	// parent: if sockshim died before the prctl, getppid already shows it;
+	// if it dies after, the signal fires.
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
+		return fmt.Errorf("trampoline: setting the parent-death signal: %w", err)
+	}
+	if parent != 0 && os.Getppid() != parent {
+		return fmt.Errorf("trampoline: sockshim (pid %d) is gone; not starting %s", parent, path)
+	}
 	err = syscall.Exec(path, argv, env)
 	return fmt.Errorf("trampoline: exec %s: %w", path, err)
 }

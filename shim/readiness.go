@@ -1,6 +1,7 @@
 package shim
 
 import (
+	"bytes"
 	"context"
 	"os/exec"
 	"strconv"
@@ -30,14 +31,21 @@ func (s *Supervisor) probeLoop(ctx context.Context, e core.StartProbe) {
 			"SOCKSHIM_GENERATION="+strconv.Itoa(e.Gen),
 			"SOCKSHIM_GROUP="+e.Config.Name)
 		cmd.WaitDelay = time.Second
-		out, err := cmd.CombinedOutput()
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		// Through the reaper, which must know every process sockshim starts.
+		err := s.reaper.Start(cmd)
+		if err == nil {
+			err = cmd.Wait()
+			s.reaper.Exited(cmd.Process.Pid)
+		}
 		if err == nil {
 			s.post(core.Probed{Worker: e.Worker})
 			return
 		}
 		if ctx.Err() == nil {
 			// A run cut short by the deadline says nothing about the worker.
-			lastErr, lastOut = err, strings.TrimSpace(string(out))
+			lastErr, lastOut = err, strings.TrimSpace(out.String())
 		}
 		select {
 		case <-time.After(probeInterval):

@@ -10,6 +10,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/sockshim/sockshim/handoff"
+	"github.com/sockshim/sockshim/internal/contain"
 	"github.com/sockshim/sockshim/shim/config"
 	"github.com/sockshim/sockshim/shim/control"
 	"github.com/sockshim/sockshim/shim/core"
@@ -35,6 +36,10 @@ type Options struct {
 	// LoadConfig re-reads the config on reload; default config.Load of
 	// Config.Path.
 	LoadConfig func() (*config.Config, error)
+	// Instance names this supervisor in its workers' environment
+	// (contain.Marker), so that a later life finds what this one left
+	// behind; empty: not set.
+	Instance string
 }
 
 // Supervisor is the executor of a core.Machine: it carries the machine's
@@ -50,7 +55,9 @@ type Supervisor struct {
 	sockets        []handoff.Socket
 	socketIDs      map[string]bool // the sockets as /proc/PID/fd names them
 	loadConfig     func() (*config.Config, error)
-	inputs         chan any // core.Event, or one of the requests below
+	instance       string
+	reaper         *contain.Reaper // every process sockshim starts goes through it
+	inputs         chan any        // core.Event, or one of the requests below
 	done           chan struct{}
 
 	m          *core.Machine
@@ -97,6 +104,7 @@ func New(o Options) (*Supervisor, error) {
 		baseEnv:    os.Environ(),
 		sockets:    o.Sockets,
 		loadConfig: o.LoadConfig,
+		instance:   o.Instance,
 		inputs:     make(chan any, 64),
 		done:       make(chan struct{}),
 		m:          core.New(o.Config),
@@ -108,6 +116,11 @@ func New(o Options) (*Supervisor, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	r, err := contain.NewReaper(s.log)
+	if err != nil {
+		return nil, err
+	}
+	s.reaper = r
 	if ids, err := socketIDs(o.Sockets); err != nil {
 		s.log.Warn("reloads will not wait for old workers to release the sockets", "err", err)
 	} else {
@@ -217,6 +230,10 @@ func (s *Supervisor) Run() error {
 	for _, t := range s.timers {
 		t.Stop()
 	}
+	// Every worker is gone; what they left behind goes now.
+	if left := s.reaper.Close(2 * time.Second); left > 0 {
+		s.log.Error("processes the workers left behind survived SIGKILL for 2s", "count", left)
+	}
 	if !s.up.Flush(2 * time.Second) {
 		s.log.Warn("the service manager did not take our last notifications within 2s")
 	}
@@ -259,7 +276,7 @@ func (s *Supervisor) apply(e core.Effect) {
 		}
 	case core.Kill:
 		if p := s.procs[e.Worker]; p != nil {
-			p.killGroup()
+			p.killGroup(s.reaper)
 		}
 	case core.SetTimer:
 		id := e.Timer

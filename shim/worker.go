@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sockshim/sockshim/handoff"
+	"github.com/sockshim/sockshim/internal/contain"
 	"github.com/sockshim/sockshim/shim/config"
 	"github.com/sockshim/sockshim/shim/core"
 	"github.com/sockshim/sockshim/shim/notify"
@@ -68,7 +69,7 @@ func (s *Supervisor) spawn(e core.Start) (*proc, error) {
 	// exit event.
 	cmd.Stderr = errW
 	cmd.ExtraFiles = []*os.File{child} // becomes handoff.HandoffFD (3)
-	err = cmd.Start()
+	err = s.reaper.Start(cmd)
 	child.Close()
 	errW.Close()
 	if err != nil {
@@ -81,7 +82,7 @@ func (s *Supervisor) spawn(e core.Start) (*proc, error) {
 	if err := handoff.Send(parent, sockets.Select(s.sockets, cfg.Sockets)); err != nil {
 		// The trampoline is blocked in Receive or already gone; either way
 		// it must not run a worker without its sockets. Its exit reports it.
-		p.killGroup()
+		p.killGroup(s.reaper)
 		s.log.Error("handing sockets to worker failed", "worker", name, "pid", p.pid, "err", err)
 	}
 	id := e.Worker
@@ -105,11 +106,13 @@ func startError(cfg config.Worker, err error) error {
 	return fmt.Errorf("starting the trampoline: %w", err)
 }
 
-// reap waits for the worker and reports its exit. It gives the stderr copier
-// a moment to drain so the exit event carries the worker's last words, but
-// never waits on a pipe a surviving grandchild might hold forever.
+// reap waits for the worker and reports its exit; the reaper then kills
+// what the worker left behind that no other worker may own. It gives the
+// stderr copier a moment to drain so the exit event carries the worker's last
+// words, but never waits on a pipe a surviving grandchild might hold forever.
 func (s *Supervisor) reap(id core.WorkerID, cmd *exec.Cmd, tail *stderrTail) {
 	err := cmd.Wait()
+	s.reaper.Exited(cmd.Process.Pid)
 	select {
 	case <-tail.done:
 	case <-time.After(200 * time.Millisecond):
@@ -144,10 +147,14 @@ func (s *Supervisor) trampolineCmd(cfg config.Worker, notifyAddr string, slot, g
 		attr.Credential = cred
 	}
 	args := append([]string{"sockshim", handoff.TrampolineArg, "--"}, cfg.Command...)
+	env := workerEnv(s.baseEnv, cfg.Env, notifyAddr, gen, slot, cfg.Name)
+	if s.instance != "" {
+		env = append(env, contain.Marker+"="+s.instance)
+	}
 	return &exec.Cmd{
 		Path:        s.exe,
 		Args:        args,
-		Env:         workerEnv(s.baseEnv, cfg.Env, notifyAddr, gen, slot, cfg.Name),
+		Env:         env,
 		Dir:         cfg.Dir,
 		Stdout:      s.stdout,
 		SysProcAttr: attr,
@@ -164,10 +171,13 @@ func (p *proc) signal(sig syscall.Signal, log *slog.Logger) {
 	}
 }
 
-// killGroup SIGKILLs the worker and its whole process group. The worker is
-// killed through its pidfd first; the group id stays reserved while any
-// member lives, so the group kill reaches only the worker's own children.
-func (p *proc) killGroup() {
+// killGroup SIGKILLs the worker, everything descended from it (also what
+// left its process group with setsid) and its whole process group. The tree
+// goes first, while the worker still holds it together; the worker is killed
+// through its pidfd; the group id stays reserved while any member lives, so
+// the group kill reaches only the worker's own children.
+func (p *proc) killGroup(r *contain.Reaper) {
+	r.KillTree(p.pid)
 	_ = p.process.Signal(syscall.SIGKILL)
 	_ = unix.Kill(-p.pid, unix.SIGKILL)
 }

@@ -10,8 +10,10 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/sockshim/sockshim/handoff"
+	"github.com/sockshim/sockshim/internal/contain"
 	"github.com/sockshim/sockshim/shim"
 	"github.com/sockshim/sockshim/shim/config"
 	"github.com/sockshim/sockshim/shim/control"
@@ -40,23 +42,35 @@ func cmdRun(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// The control socket first: holding it proves no other supervisor of
+	// this instance lives, so whatever carries its mark is left over.
+	ctlPath := control.SocketPath(cfg.Path, cfg.Control.Socket)
+	ctl, err := control.Listen(ctlPath, log)
+	if err != nil {
+		return err
+	}
+	defer ctl.Close()
+	// An earlier life killed with SIGKILL may have left processes that
+	// still hold its sockets (the port, for [[listen]]): stop them before
+	// binding, or the bind fails and they serve old code.
+	left, err := contain.KillLeftovers(log, ctlPath, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	if len(left) > 0 {
+		return fmt.Errorf("processes an earlier sockshim of %s left behind survived SIGKILL for 5s: %v", ctlPath, left)
+	}
 	socks, err := openSockets(cfg, log)
 	if err != nil {
 		return err
 	}
-	sup, err := shim.New(shim.Options{Config: cfg, Sockets: socks, Logger: log, LoadConfig: reloader(*path, cfg)})
-	if err != nil {
-		return err
-	}
-	ctl, err := control.Listen(control.SocketPath(cfg.Path, cfg.Control.Socket), log)
+	sup, err := shim.New(shim.Options{Config: cfg, Sockets: socks, Logger: log, LoadConfig: reloader(*path, cfg), Instance: ctlPath})
 	if err != nil {
 		return err
 	}
 	go ctl.Serve(sup)
 	go forwardSignals(sup, log)
-	err = sup.Run()
-	ctl.Close()
-	return err
+	return sup.Run()
 }
 
 // reloader re-reads the config file on every reload; the embedded default

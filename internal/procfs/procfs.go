@@ -14,6 +14,9 @@ type Stat struct {
 	State byte // 'R', 'S', 'Z', …
 	PPID  int
 	PGID  int
+	// StartTime is when the process started, in clock ticks (USER_HZ)
+	// since boot; with the pid it names one process even across pid reuse.
+	StartTime uint64
 }
 
 // ReadStat parses /proc/PID/stat. The command name is in parentheses and
@@ -29,9 +32,9 @@ func ReadStat(pid int) (Stat, error) {
 	if i < 0 {
 		return Stat{}, fmt.Errorf("malformed /proc/%d/stat", pid)
 	}
-	// After the name: state ppid pgrp …
+	// After the name: state ppid pgrp …, starttime is the 20th.
 	f := strings.Fields(s[i+1:])
-	if len(f) < 3 || len(f[0]) != 1 {
+	if len(f) < 20 || len(f[0]) != 1 {
 		return Stat{}, fmt.Errorf("malformed /proc/%d/stat", pid)
 	}
 	ppid, err := strconv.Atoi(f[1])
@@ -42,7 +45,54 @@ func ReadStat(pid int) (Stat, error) {
 	if err != nil {
 		return Stat{}, fmt.Errorf("/proc/%d/stat: pgrp: %w", pid, err)
 	}
-	return Stat{State: f[0][0], PPID: ppid, PGID: pgid}, nil
+	start, err := strconv.ParseUint(f[19], 10, 64)
+	if err != nil {
+		return Stat{}, fmt.Errorf("/proc/%d/stat: starttime: %w", pid, err)
+	}
+	return Stat{State: f[0][0], PPID: ppid, PGID: pgid, StartTime: start}, nil
+}
+
+// Children lists the children of every thread of process pid
+// (/proc/PID/task/TID/children; a process's children hang off the thread
+// that forked them, or off any thread when they were re-parented to it).
+func Children(pid int) ([]int, error) {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task/"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, t := range tasks {
+		b, err := os.ReadFile(dir + t.Name() + "/children")
+		if err != nil {
+			continue // the thread ended
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if c, err := strconv.Atoi(f); err == nil {
+				out = append(out, c)
+			}
+		}
+	}
+	return out, nil
+}
+
+// Environ returns the environment a process started with
+// (/proc/PID/environ), as KEY=VALUE strings.
+func Environ(pid int) ([]string, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		return nil, err
+	}
+	return strings.FieldsFunc(string(b), func(r rune) bool { return r == 0 }), nil
+}
+
+// Comm returns a process's command name (/proc/PID/comm).
+func Comm(pid int) string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // PIDs lists the processes /proc shows.
