@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -106,6 +107,7 @@ func makeDir(base string) (string, error) {
 			return "", err
 		}
 	}
+	removeStale(base)
 	dir := filepath.Join(base, "notify."+strconv.Itoa(os.Getpid()))
 	// Only root or this uid can write base, so a directory already there is
 	// what an earlier process with this pid left when it died.
@@ -121,6 +123,19 @@ func makeDir(base string) (string, error) {
 		return "", err
 	}
 	return dir, nil
+}
+
+// removeStale removes the notify directories that sockshim processes killed
+// with SIGKILL left in base: those whose pid no longer exists. A reused pid
+// keeps its directory until that process exits.
+func removeStale(base string) {
+	stale, _ := filepath.Glob(filepath.Join(base, "notify.*"))
+	for _, dir := range stale {
+		pid, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(dir), "notify."))
+		if err == nil && pid > 0 && errors.Is(unix.Kill(pid, 0), unix.ESRCH) {
+			_ = os.RemoveAll(dir)
+		}
+	}
 }
 
 // allowUser lets uid send to the socket file at path, which belongs to
