@@ -32,15 +32,16 @@ func survivors(pids []int, timeout time.Duration) []int {
 	}
 }
 
-// kill9Loop starts sockshim on one config and port `rounds` times, SIGKILLs
-// it once it serves, and returns how many of its descendants were alive when
-// the next life served (or at the end): survivors of a crash.
+// kill9Loop starts sockshim on one config and port, SIGKILLs it once it
+// serves, `rounds` times, then starts it once more and stops it. It returns
+// how many descendants of a killed sockshim outlived it (a second later),
+// and how many were still alive once the next sockshim served.
 func kill9Loop(t *testing.T, b bins, workers string, rounds, perLife int) (outlived, survived int) {
 	a := newApp(t, b, "kill9")
 	a.listen = fmt.Sprintf("[[listen]]\nname = \"http\"\naddress = \"tcp://127.0.0.1:%d\"\n", a.port)
 	a.rewrite(t, workers)
 	var prev []int
-	for i := range rounds {
+	for i := range rounds + 1 {
 		up := newUpstream(t)
 		sup := startSupervisor(t, b, a.cfgPath, "NOTIFY_SOCKET="+up.path)
 		up.await(t, "READY=1", 15*time.Second)
@@ -49,25 +50,22 @@ func kill9Loop(t *testing.T, b bins, workers string, rounds, perLife int) (outli
 			t.Errorf("life %d serves while %d processes of life %d live: %v", i, len(alive), i-1, alive)
 		}
 		get(t, a.url)
+		if i == rounds {
+			sup.signal(t, syscall.SIGTERM)
+			if err := sup.wait(t, 10*time.Second); err != nil {
+				t.Errorf("last sockshim exit: %v, want 0", err)
+			}
+			return outlived, survived
+		}
 		prev = testenv.Descendants(sup.cmd.Process.Pid)
 		if len(prev) != perLife {
 			t.Fatalf("life %d: %d descendants, want %d: %v", i, len(prev), perLife, prev)
 		}
 		sup.signal(t, syscall.SIGKILL)
 		sup.wait(t, 5*time.Second)
-		alive := survivors(prev, time.Second)
-		outlived += len(alive)
-		if i == rounds-1 {
-			survived += len(alive)
-		}
-		for _, p := range alive {
-			if i == rounds-1 {
-				t.Errorf("pid %d (%s) outlived the last sockshim", p, procfs.Comm(p))
-				syscall.Kill(p, syscall.SIGKILL)
-			}
-		}
+		outlived += len(survivors(prev, time.Second))
 	}
-	return outlived, survived
+	panic("unreachable")
 }
 
 // TestKill9LeavesNoWorker: 20 times, a standalone sockshim with 8 workers is
@@ -82,8 +80,9 @@ func TestKill9LeavesNoWorker(t *testing.T) {
 	}
 }
 
-// TestKill9ShellWrappedWorker: the server is a child of a shell, which has
-// no parent-death signal of its own, so it outlives a SIGKILLed sockshim;
+// TestKill9ShellWrappedWorker: the server is a child of a shell (and sets
+// LISTEN_PID to its own pid on the way), so it has no parent-death signal of
+// its own and outlives a SIGKILLed sockshim;
 // the next sockshim of the same instance kills it before binding, so the
 // restart binds and nothing of the old life serves.
 func TestKill9ShellWrappedWorker(t *testing.T) {
@@ -91,12 +90,12 @@ func TestKill9ShellWrappedWorker(t *testing.T) {
 	workers := fmt.Sprintf(`
 [[worker]]
 name = "wrapped"
-command = ["/bin/sh", "-c", "%s -version v1 & wait"]
+command = ["/bin/sh", "-c", "/bin/sh -c 'LISTEN_PID=$$ exec %s -version v1' & wait"]
 count = 8
 ready_timeout = "5s"
 `, b.testworker)
 	outlived, survived := kill9Loop(t, b, workers, 5, 16)
-	t.Logf("40 wrapped servers: %d outlived sockshim until the next one started, %d survived it", outlived, survived)
+	t.Logf("40 wrapped servers: %d outlived sockshim until the next one started, %d were alive when it served", outlived, survived)
 	if survived != 0 {
 		t.Errorf("%d processes of an earlier life were alive once the next sockshim served, want 0", survived)
 	}

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/sockshim/sockshim/internal/procfs"
@@ -48,13 +49,25 @@ func KillLeftovers(log *slog.Logger, instance string, timeout time.Duration) ([]
 	}
 	deadline := time.Now().Add(timeout)
 	for {
-		killed = slices.DeleteFunc(killed, func(pid int) bool {
-			st, err := procfs.ReadStat(pid)
-			return err != nil || st.State == 'Z'
-		})
+		killed = slices.DeleteFunc(killed, gone)
 		if len(killed) == 0 || time.Now().After(deadline) {
 			return killed, nil
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// gone reports whether pid no longer holds anything: it was reaped, or it is
+// a zombie whose last thread exited too (a killed leader turns zombie while
+// its other threads still share, and hold, the descriptor table).
+func gone(pid int) bool {
+	st, err := procfs.ReadStat(pid)
+	if err != nil {
+		return true
+	}
+	if st.State != 'Z' {
+		return false
+	}
+	tasks, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	return err != nil || len(tasks) <= 1
 }
