@@ -112,6 +112,10 @@ func BenchmarkReport(b *testing.B) {
 	start, reload := scale(b, bb, 1000, 64)
 	r.add("## Scale: 1,000 passed sockets, 64 workers per generation\n\n| step | time |\n|---|---|\n| start → READY=1 | %s |\n| reload (rolling, surge 8) | %s |\n\n", start, reload)
 
+	step("faults")
+	kills, leaks := killSeries(b, 200), reloadLeaks(b, 1000)
+	r.add("## Faults (e2e/faults_test.go at full counts)\n\n| fault | what happened |\n|---|---|\n| SIGKILL of a worker at a random moment, 3 workers, 8 new-connection clients | %s |\n| reloads in a row, then a storm | %s |\n\n", kills, leaks)
+
 	svg := plot(plotRes, plotMarks)
 	if err := os.WriteFile("../results/reload-latency.svg", []byte(svg), 0o644); err != nil {
 		b.Fatal(err)

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -42,6 +43,11 @@ func main() {
 	drainTimeout := flag.Duration("drain-timeout", 30*time.Second, "longest drain on SIGTERM")
 	report := flag.String("report", "", "write DIR/PID.json with inherited fds and env")
 	drainMode := flag.String("drain", "tracked", `how to drain: "tracked" (gracefulhttp, lossless) or "shutdown" (http.Server.Shutdown alone, for comparison)`)
+	acceptLog := flag.String("accept-log", "", "append \"PID REMOTE-ADDR\" to this file for every accepted connection, before reading from it")
+	crashAfterReady := flag.Duration("crash-after-ready", 0, "exit with status 5 this long after READY=1, in-flight requests unanswered")
+	daemonize := flag.String("daemonize", "", `before READY=1, start a copy of this program in a new session that serves the listening sockets with version VERSION-daemon, then "exit" (status 0) or "stay" (carry on as usual)`)
+	daemonPIDFile := flag.String("daemon-pidfile", "", "where the -daemonize copy writes its pid")
+	daemonChild := flag.Bool("daemon-child", false, "internal: serve descriptors 3… as the -daemonize copy")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("testworker", *version, "pid", os.Getpid())
 
@@ -57,6 +63,10 @@ func main() {
 	if *exitBeforeReady {
 		fmt.Fprintln(os.Stderr, "testworker: exiting before ready, as asked (-exit-before-ready)")
 		os.Exit(3)
+	}
+	if *daemonChild {
+		serveDaemon(*version, *daemonPIDFile, *acceptLog)
+		return
 	}
 	lns, err := activation.Listeners()
 	if err != nil {
@@ -74,25 +84,20 @@ func main() {
 		os.Exit(1)
 	}
 
+	if *daemonize != "" {
+		if err := startDaemon(listeners, *version, *daemonPIDFile, *acceptLog); err != nil {
+			log.Error("daemonize", "err", err)
+			os.Exit(1)
+		}
+		if *daemonize == "exit" {
+			fmt.Fprintln(os.Stderr, "testworker: started a daemon copy and exiting, as asked (-daemonize exit)")
+			os.Exit(0)
+		}
+	}
+
 	gen, id := inherited.Env["SOCKSHIM_GENERATION"], inherited.Env["SOCKSHIM_WORKER_ID"]
-	mux := http.NewServeMux()
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		// A request counts as answered only with its whole body read.
-		if _, err := io.Copy(io.Discard, r.Body); err != nil {
-			http.Error(w, "reading the body: "+err.Error(), http.StatusBadRequest)
-			return
-		}
-		if *work > 0 {
-			time.Sleep(*work)
-		}
-		h := w.Header()
-		h.Set("X-Version", *version)
-		h.Set("X-Generation", gen)
-		h.Set("X-Worker", id)
-		h.Set("X-Pid", strconv.Itoa(os.Getpid()))
-		fmt.Fprintf(w, "version=%s generation=%s worker=%s pid=%d\n", *version, gen, id, os.Getpid())
-	})
-	plain := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	mux := handler(*version, gen, id, *work)
+	plain := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ConnState: acceptLogger(*acceptLog, log)}
 	srv := gracefulhttp.New(plain)
 
 	sigs := make(chan os.Signal, 4)
@@ -100,7 +105,12 @@ func main() {
 	srv.Serve(listeners)
 	daemon.SdNotify(false, "READY=1\nSTATUS=serving "+*version)
 	log.Info("serving", "generation", gen, "worker", id, "listeners", len(listeners))
-
+	if *crashAfterReady > 0 {
+		time.AfterFunc(*crashAfterReady, func() {
+			fmt.Fprintln(os.Stderr, "testworker: crashing after ready, as asked (-crash-after-ready)")
+			os.Exit(5)
+		})
+	}
 	for sig := range sigs {
 		if sig == syscall.SIGTERM && *ignoreTERM {
 			log.Info("ignoring SIGTERM, as asked (-ignore-sigterm)")
@@ -155,4 +165,105 @@ func writeReport(dir string, r testenv.Report) error {
 		return err
 	}
 	return os.Rename(tmp, filepath.Join(dir, fmt.Sprintf("%d.json", r.PID)))
+}
+
+// handler answers every request, after reading its body and waiting work,
+// with who served it.
+func handler(version, gen, id string, work time.Duration) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		// A request counts as answered only with its whole body read.
+		if _, err := io.Copy(io.Discard, r.Body); err != nil {
+			http.Error(w, "reading the body: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		if work > 0 {
+			time.Sleep(work)
+		}
+		h := w.Header()
+		h.Set("X-Version", version)
+		h.Set("X-Generation", gen)
+		h.Set("X-Worker", id)
+		h.Set("X-Pid", strconv.Itoa(os.Getpid()))
+		fmt.Fprintf(w, "version=%s generation=%s worker=%s pid=%d\n", version, gen, id, os.Getpid())
+	})
+	return mux
+}
+
+// acceptLogger returns a ConnState hook that appends "PID REMOTE-ADDR" to
+// path for each new connection, so that a test can tell which process had a
+// connection that failed; nil when path is "". Each line is one write(2) to
+// an O_APPEND file, so lines from concurrent workers never interleave and
+// survive a SIGKILL right after.
+func acceptLogger(path string, log *slog.Logger) func(net.Conn, http.ConnState) {
+	if path == "" {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		log.Error("accept log", "err", err)
+		os.Exit(1)
+	}
+	pid := os.Getpid()
+	return func(c net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			fmt.Fprintf(f, "%d %s\n", pid, c.RemoteAddr())
+		}
+	}
+}
+
+// startDaemon starts this program again in a new session, holding copies of
+// the listening sockets as descriptors 3…, as a daemonizing server does.
+func startDaemon(lns []net.Listener, version, pidFile, acceptLog string) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	var files []*os.File
+	for _, ln := range lns {
+		f, err := ln.(interface{ File() (*os.File, error) }).File()
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		files = append(files, f)
+	}
+	cmd := exec.Command(exe, "-daemon-child", "-version", version+"-daemon", "-daemon-pidfile", pidFile, "-accept-log", acceptLog)
+	cmd.ExtraFiles = files
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	return cmd.Process.Release()
+}
+
+// serveDaemon is the -daemonize copy: it serves descriptors 3… (as many as
+// are open sockets) until killed, never notifying anyone.
+func serveDaemon(version, pidFile, acceptLog string) {
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("testworker", version, "pid", os.Getpid())
+	var lns []net.Listener
+	for fd := 3; ; fd++ {
+		f := os.NewFile(uintptr(fd), "daemon-listener")
+		ln, err := net.FileListener(f)
+		if err != nil {
+			break
+		}
+		f.Close()
+		lns = append(lns, ln)
+	}
+	if pidFile != "" {
+		if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+			log.Error("daemon pidfile", "err", err)
+		}
+	}
+	srv := &http.Server{Handler: handler(version, "daemon", "daemon", 0), ReadHeaderTimeout: 10 * time.Second, ConnState: acceptLogger(acceptLog, log)}
+	if len(lns) == 0 {
+		log.Error("daemon copy: no listening socket from descriptor 3")
+		os.Exit(1)
+	}
+	for _, ln := range lns[1:] {
+		go srv.Serve(ln)
+	}
+	log.Info("daemon copy serving", "listeners", len(lns))
+	srv.Serve(lns[0])
 }
