@@ -28,9 +28,11 @@ import (
 
 // The fault table (issue 10): each fault is done to the real binary, and
 // what it costs is counted exactly. A failed request is attributed to the
-// process that had accepted its connection: the traced load client makes
-// every connection from a loopback address of its own, and workers started
-// with -accept-log record the peer address of each connection they accept.
+// process that held its connection: the traced load client makes every
+// connection from a loopback address of its own, and that address is found
+// either in the connections a worker held when the test killed it, or in
+// the log of workers started with -accept-log, which record the peer of
+// each connection they accept.
 
 // traced is a load client of new-connection GETs whose failures can be
 // attributed to the process that accepted them.
@@ -143,7 +145,11 @@ func (tr *traced) kinds() map[string]int {
 }
 
 func (tr *traced) String() string {
-	return fmt.Sprintf("%d requests, %d ok, %d failed %v, by version %v", tr.requests, tr.ok, len(tr.failed), tr.kinds(), tr.versions)
+	versions := fmt.Sprint(tr.versions)
+	if len(tr.versions) > 3 {
+		versions = fmt.Sprintf("from %d versions", len(tr.versions))
+	}
+	return fmt.Sprintf("%d requests, %d ok, %d failed %v, by version %s", tr.requests, tr.ok, len(tr.failed), tr.kinds(), versions)
 }
 
 // tracedLoad runs act under the traced load, as underLoad does.
@@ -379,7 +385,9 @@ func killSeries(t testing.TB, n int) string {
 }
 
 // awaitReady waits for a standalone sockshim's READY=1, for tests and
-// benchmarks alike.
+// benchmarks alike, then discards what sockshim tells its manager from then
+// on: a manager that stops reading leaves sockshim's notify sender blocked
+// on a send, holding one more descriptor.
 func awaitReady(tb testing.TB, a *app) {
 	tb.Helper()
 	deadline := time.After(15 * time.Second)
@@ -390,6 +398,10 @@ func awaitReady(tb testing.TB, a *app) {
 				tb.Fatal("notify socket closed before READY=1")
 			}
 			if strings.Contains(m, "READY=1") {
+				go func() {
+					for range a.up.msgs {
+					}
+				}()
 				return
 			}
 		case <-deadline:
@@ -757,7 +769,9 @@ func reloadLeaks(t testing.TB, n int) string {
 		}
 	}
 	settled(t, a, count)
-	fds0, rss0, gen0 := fdCount(t, pid, -1), rssKiB(pid), status(t, a.ctl).Generation
+	time.Sleep(200 * time.Millisecond) // the status connections close
+	fdMap0 := fdsSettled(t, pid, -1)
+	fds0, rss0, gen0 := len(fdMap0), rssKiB(pid), status(t, a.ctl).Generation
 
 	var stormReloads int
 	tr := tracedLoad(t, a.url, 2, func() {
@@ -790,7 +804,8 @@ func reloadLeaks(t testing.TB, n int) string {
 		stormReloads = status(t, a.ctl).Reloads - before
 	})
 	st := settled(t, a, count)
-	fds1, rss1 := fdCount(t, pid, fds0), rssKiB(pid)
+	fdMap1 := fdsSettled(t, pid, fds0)
+	fds1, rss1 := len(fdMap1), rssKiB(pid)
 	summary := fmt.Sprintf("%d reloads in a row, then 20 `sockshim reload` + 20 SIGHUP at once (run as %d reloads), generation %d → %d: %s; fds %d → %d; RSS %d → %d KiB",
 		n, stormReloads, gen0, st.gen, tr, fds0, fds1, rss0, rss1)
 	t.Log(summary)
@@ -798,7 +813,7 @@ func reloadLeaks(t testing.TB, n int) string {
 		t.Errorf("%d failed requests: %v", len(tr.failed), tr.failed)
 	}
 	if fds1 != fds0 {
-		t.Errorf("sockshim holds %d descriptors, %d before the reloads", fds1, fds0)
+		t.Errorf("sockshim holds %d descriptors, %d before the reloads: %s; its sockets: %s", fds1, fds0, fdDiff(fdMap0, fdMap1), socketsOf(pid, fdMap1))
 	}
 	if rss1 > rss0+rssTolerance {
 		t.Errorf("sockshim's RSS grew from %d to %d KiB, more than %d KiB", rss0, rss1, rssTolerance)
@@ -825,6 +840,12 @@ func reloadLeaks(t testing.TB, n int) string {
 // still be closing on sockshim's side.
 func fdCount(t testing.TB, pid, want int) int {
 	t.Helper()
+	return len(fdsSettled(t, pid, want))
+}
+
+// fdsSettled is fdCount returning the descriptors.
+func fdsSettled(t testing.TB, pid, want int) map[int]string {
+	t.Helper()
 	deadline := time.Now().Add(2 * time.Second)
 	for {
 		fds, err := procfs.FDs(pid)
@@ -832,10 +853,56 @@ func fdCount(t testing.TB, pid, want int) int {
 			t.Fatal(err)
 		}
 		if want < 0 || len(fds) == want || time.Now().After(deadline) {
-			return len(fds)
+			return fds
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// socketsOf describes a process's sockets by their lines in its
+// /proc/PID/net/{unix,tcp,tcp6}, for a diagnosis.
+func socketsOf(pid int, fds map[int]string) string {
+	var out []string
+	for fd, target := range fds {
+		inode, ok := strings.CutPrefix(target, "socket:[")
+		if !ok {
+			continue
+		}
+		inode = strings.TrimSuffix(inode, "]")
+		for _, table := range []string{"unix", "tcp", "tcp6"} {
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, table))
+			for _, line := range strings.Split(string(b), "\n") {
+				f := strings.Fields(line)
+				col := 6 // unix: Inode
+				if table != "unix" {
+					col = 9
+				}
+				if len(f) > col && f[col] == inode {
+					out = append(out, fmt.Sprintf("fd %d %s: %s", fd, table, strings.Join(f, " ")))
+				}
+			}
+		}
+	}
+	slices.Sort(out)
+	return strings.Join(out, "; ")
+}
+
+// fdDiff lists the descriptors in after that are not in before, and the
+// reverse.
+func fdDiff(before, after map[int]string) string {
+	var d []string
+	for fd, target := range after {
+		if before[fd] != target {
+			d = append(d, fmt.Sprintf("+%d %s", fd, target))
+		}
+	}
+	for fd, target := range before {
+		if after[fd] != target {
+			d = append(d, fmt.Sprintf("-%d %s", fd, target))
+		}
+	}
+	slices.Sort(d)
+	return strings.Join(d, ", ")
 }
 
 // TestFaultLowNofileAtStart: sockshim started with an RLIMIT_NOFILE too low
