@@ -265,7 +265,7 @@ func (s *Supervisor) apply(e core.Effect) {
 	case core.Start:
 		p, err := s.spawn(e)
 		if err != nil {
-			s.queue = append(s.queue, core.SpawnFailed{Worker: e.Worker, Err: err})
+			s.queue = append(s.queue, core.SpawnFailed{Worker: e.Worker, Err: explainLimit(err)})
 			return
 		}
 		s.procs[e.Worker] = p

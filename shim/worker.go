@@ -97,6 +97,19 @@ func (s *Supervisor) spawn(e core.Start) (*proc, error) {
 
 // startError says why the trampoline could not be started; exec reports a
 // missing working directory as if the binary were missing.
+// explainLimit adds the descriptor limit to an error that ran into it, so
+// the operator knows what to raise (LimitNOFILE= under systemd).
+func explainLimit(err error) error {
+	if !errors.Is(err, unix.EMFILE) {
+		return err
+	}
+	var rl unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &rl) != nil {
+		return err
+	}
+	return fmt.Errorf("%w (sockshim's RLIMIT_NOFILE is %d; raise it, e.g. LimitNOFILE= in the unit)", err, rl.Cur)
+}
+
 func startError(cfg config.Worker, err error) error {
 	if cfg.Dir != "" {
 		if _, serr := os.Stat(cfg.Dir); serr != nil {

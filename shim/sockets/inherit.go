@@ -8,6 +8,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/sockshim/sockshim/handoff"
+	"golang.org/x/sys/unix"
 )
 
 // unknownName is what sd_listen_fds_with_names(3) calls a socket when the
@@ -39,6 +40,12 @@ func Inherit() ([]handoff.Socket, error) {
 		unsetListenEnv()
 		return nil, fmt.Errorf("LISTEN_FDNAMES=%q names %d sockets, LISTEN_FDS=%d", namesVar, len(strings.Split(namesVar, ":")), n)
 	}
+	for fd := listenFDsStart; fd < listenFDsStart+n; fd++ {
+		if err := checkSocket(fd); err != nil {
+			unsetListenEnv()
+			return nil, fmt.Errorf("LISTEN_FDS=%d: %w", n, err)
+		}
+	}
 	// activation.Files marks the descriptors close-on-exec and wraps them once;
 	// the caller keeps the files referenced for the life of the process so the
 	// garbage collector never closes a socket the service depends on.
@@ -58,4 +65,25 @@ func unsetListenEnv() {
 	for _, k := range []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"} {
 		os.Unsetenv(k)
 	}
+}
+
+// listenFDsStart is SD_LISTEN_FDS_START.
+const listenFDsStart = 3
+
+// checkSocket fails unless fd is an open socket. A descriptor the manager
+// did not really pass may be anything: closed, or reused by the Go runtime
+// before main ran (it keeps a cgroup file open to follow CPU limits).
+func checkSocket(fd int) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("descriptor %d: %w", fd, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		what, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+		if err != nil {
+			what = fmt.Sprintf("mode %#o", st.Mode&unix.S_IFMT)
+		}
+		return fmt.Errorf("descriptor %d is not a socket but %s", fd, what)
+	}
+	return nil
 }

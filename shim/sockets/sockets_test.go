@@ -288,3 +288,29 @@ func TestCheckInherited(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckSocket: what LISTEN_FDS promises is checked descriptor by
+// descriptor, so a file or a closed number is named instead of being handed
+// to workers as a socket.
+func TestCheckSocket(t *testing.T) {
+	f, err := os.Open("/proc/self/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := checkSocket(int(f.Fd())); err == nil || !strings.Contains(err.Error(), "is not a socket but /proc/") {
+		t.Errorf("a regular file: %v", err)
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[1])
+	if err := checkSocket(fds[0]); err != nil {
+		t.Errorf("a socket: %v", err)
+	}
+	unix.Close(fds[0])
+	if err := checkSocket(fds[0]); err == nil || !strings.Contains(err.Error(), "bad file descriptor") {
+		t.Errorf("a closed descriptor: %v", err)
+	}
+}
