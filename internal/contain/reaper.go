@@ -13,8 +13,10 @@
 //     its exit status;
 //   - gives each orphan owners: the started process it descended from, as
 //     seen by the last sweep of the started processes' trees while they
-//     lived; or, for an orphan no sweep saw (born and orphaned between two
-//     sweeps), every started process that was alive when it started;
+//     lived; for an orphan no sweep saw (born and orphaned between two
+//     sweeps), the started processes whose NOTIFY_SOCKET it inherited (every
+//     worker has one of its own); failing that, every started process that
+//     was alive when it started;
 //   - kills an orphan, with everything below it, once none of its owners
 //     is left, and kills every orphan at Close.
 //
@@ -36,6 +38,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -54,6 +57,12 @@ type proc struct {
 	start uint64 // clock ticks since boot, procfs.Stat.StartTime
 }
 
+// lineageVar is the variable whose value a started process passes to all
+// its descendants and shares with no other started process: each worker
+// gets a notify socket of its own, and /proc/PID/environ of a descendant
+// still shows it (the environment it was exec'd with).
+const lineageVar = "NOTIFY_SOCKET"
+
 // ended is a started process that is gone, kept while an orphan that is not
 // yet known could have been born during its life.
 type ended struct {
@@ -69,6 +78,7 @@ type Reaper struct {
 
 	mu      sync.Mutex
 	started map[int]proc          // by pid: processes sockshim started, until Exited
+	lineage map[int]string        // by pid: started processes' lineageVar, while started or in history
 	history []ended               // started processes that are gone
 	orphans map[proc]map[int]bool // orphan → pids of the started processes that own it
 	origin  map[proc]map[int]bool // the last sweep's descendants of started processes and orphans → owners
@@ -81,7 +91,7 @@ func NewReaper(log *slog.Logger) (*Reaper, error) {
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return nil, fmt.Errorf("becoming a child subreaper: %w", err)
 	}
-	r := &Reaper{log: log, self: os.Getpid(), started: map[int]proc{},
+	r := &Reaper{log: log, self: os.Getpid(), started: map[int]proc{}, lineage: map[int]string{},
 		orphans: map[proc]map[int]bool{}, origin: map[proc]map[int]bool{}, stop: make(chan struct{})}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGCHLD)
@@ -118,7 +128,19 @@ func (r *Reaper) Start(cmd *exec.Cmd) error {
 		p.start = st.StartTime
 	}
 	r.started[p.pid] = p
+	if v := envValue(cmd.Env, lineageVar); v != "" {
+		r.lineage[p.pid] = v
+	}
 	return nil
+}
+
+func envValue(env []string, key string) string {
+	for i := len(env) - 1; i >= 0; i-- {
+		if k, v, ok := strings.Cut(env[i], "="); ok && k == key {
+			return v
+		}
+	}
+	return ""
 }
 
 // Exited forgets a started process whose Wait returned, and kills the
@@ -201,6 +223,9 @@ func (r *Reaper) sweep() int {
 		if _, known := r.orphans[o]; !known {
 			owners := r.origin[o]
 			if owners == nil {
+				owners = r.sameLineage(pid)
+			}
+			if owners == nil {
 				owners = r.aliveAt(o.start)
 			}
 			r.orphans[o] = owners
@@ -240,6 +265,29 @@ func (r *Reaper) sweep() int {
 	return len(r.orphans)
 }
 
+// sameLineage returns the started processes, current or gone, whose
+// lineageVar the process pid inherited, or nil when it has none of theirs.
+func (r *Reaper) sameLineage(pid int) map[int]bool {
+	env, err := procfs.Environ(pid)
+	if err != nil {
+		return nil
+	}
+	v := envValue(env, lineageVar)
+	if v == "" {
+		return nil
+	}
+	var out map[int]bool
+	for owner, w := range r.lineage {
+		if w == v {
+			if out == nil {
+				out = map[int]bool{}
+			}
+			out[owner] = true // gone: removed again by the caller's sweep
+		}
+	}
+	return out
+}
+
 // aliveAt returns the started processes, current or gone, that were alive
 // at tick t. Ticks are coarse (10 ms), so both ends count.
 func (r *Reaper) aliveAt(t uint64) map[int]bool {
@@ -269,6 +317,12 @@ func (r *Reaper) prune() {
 		oldest = min(oldest, o.start)
 	}
 	r.history = slices.DeleteFunc(r.history, func(e ended) bool { return e.end < oldest })
+	for pid := range r.lineage {
+		_, started := r.started[pid]
+		if !started && !slices.ContainsFunc(r.history, func(e ended) bool { return e.pid == pid }) {
+			delete(r.lineage, pid)
+		}
+	}
 }
 
 // descendants lists the processes below pid, parents before children.

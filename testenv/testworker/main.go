@@ -65,7 +65,7 @@ func main() {
 		os.Exit(3)
 	}
 	if *daemonChild {
-		serveDaemon(*version, *daemonPIDFile, *acceptLog)
+		serveDaemon(*version, *acceptLog)
 		return
 	}
 	lns, err := activation.Listeners()
@@ -228,18 +228,25 @@ func startDaemon(lns []net.Listener, version, pidFile, acceptLog string) error {
 		defer f.Close()
 		files = append(files, f)
 	}
-	cmd := exec.Command(exe, "-daemon-child", "-version", version+"-daemon", "-daemon-pidfile", pidFile, "-accept-log", acceptLog)
+	cmd := exec.Command(exe, "-daemon-child", "-version", version+"-daemon", "-accept-log", acceptLog)
 	cmd.ExtraFiles = files
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return err
+	}
+	// Written here, not by the copy: containment may kill the copy before
+	// it gets that far, and a test must still find it.
+	if pidFile != "" {
+		if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+			return err
+		}
 	}
 	return cmd.Process.Release()
 }
 
 // serveDaemon is the -daemonize copy: it serves descriptors 3… (as many as
 // are open sockets) until killed, never notifying anyone.
-func serveDaemon(version, pidFile, acceptLog string) {
+func serveDaemon(version, acceptLog string) {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("testworker", version, "pid", os.Getpid())
 	var lns []net.Listener
 	for fd := 3; ; fd++ {
@@ -250,11 +257,6 @@ func serveDaemon(version, pidFile, acceptLog string) {
 		}
 		f.Close()
 		lns = append(lns, ln)
-	}
-	if pidFile != "" {
-		if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
-			log.Error("daemon pidfile", "err", err)
-		}
 	}
 	srv := &http.Server{Handler: handler(version, "daemon", "daemon", 0), ReadHeaderTimeout: 10 * time.Second, ConnState: acceptLogger(acceptLog, log)}
 	if len(lns) == 0 {
