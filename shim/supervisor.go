@@ -6,10 +6,12 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/sockshim/sockshim/handoff"
+	"github.com/sockshim/sockshim/internal/cgroup"
 	"github.com/sockshim/sockshim/internal/contain"
 	"github.com/sockshim/sockshim/shim/config"
 	"github.com/sockshim/sockshim/shim/control"
@@ -56,7 +58,9 @@ type Supervisor struct {
 	socketIDs      map[string]bool // the sockets as /proc/PID/fd names them
 	loadConfig     func() (*config.Config, error)
 	instance       string
-	reaper         *contain.Reaper // every process sockshim starts goes through it
+	cgroups        *cgroup.Tree    // delegated: each worker in a cgroup of its own
+	reaper         *contain.Reaper // not delegated: every process sockshim starts goes through it
+	removals       sync.WaitGroup  // workers' cgroups being emptied and removed
 	inputs         chan any        // core.Event, or one of the requests below
 	done           chan struct{}
 
@@ -116,11 +120,9 @@ func New(o Options) (*Supervisor, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	r, err := contain.NewReaper(s.log)
-	if err != nil {
+	if err := s.contain(); err != nil {
 		return nil, err
 	}
-	s.reaper = r
 	if ids, err := socketIDs(o.Sockets); err != nil {
 		s.log.Warn("reloads will not wait for old workers to release the sockets", "err", err)
 	} else {
@@ -143,6 +145,28 @@ func New(o Options) (*Supervisor, error) {
 		s.loadConfig = func() (*config.Config, error) { return config.Load(path) }
 	}
 	return s, nil
+}
+
+// contain chooses how workers' processes are held: cgroups when sockshim's
+// cgroup is delegated to it, the subreaper otherwise.
+func (s *Supervisor) contain() error {
+	tree, why := cgroup.Detect()
+	if tree != nil {
+		err := tree.Enter("supervisor")
+		if err == nil {
+			s.cgroups = tree
+			s.log.Info("containment: a cgroup per worker", "cgroup", tree.Dir(), "memory", tree.Memory())
+			return nil
+		}
+		why = err.Error()
+	}
+	r, err := contain.NewReaper(s.log)
+	if err != nil {
+		return err
+	}
+	s.reaper = r
+	s.log.Info("containment: subreaper", "reason", why)
+	return nil
 }
 
 // Stop asks the supervisor to drain every worker and return from Run. A
@@ -218,6 +242,7 @@ func (s *Supervisor) Run() error {
 		case statusRequested:
 			st := s.m.Status(time.Now())
 			st.PID = os.Getpid()
+			s.addUsage(&st)
 			in.reply <- st
 		case watchdogTick:
 			// Answering at all proves this goroutine is not wedged.
@@ -231,9 +256,12 @@ func (s *Supervisor) Run() error {
 		t.Stop()
 	}
 	// Every worker is gone; what they left behind goes now.
-	if left := s.reaper.Close(2 * time.Second); left > 0 {
-		s.log.Error("processes the workers left behind survived SIGKILL for 2s", "count", left)
+	if s.reaper != nil {
+		if left := s.reaper.Close(2 * time.Second); left > 0 {
+			s.log.Error("processes the workers left behind survived SIGKILL for 2s", "count", left)
+		}
 	}
+	s.removals.Wait()
 	if !s.up.Flush(2 * time.Second) {
 		s.log.Warn("the service manager did not take our last notifications within 2s")
 	}
@@ -276,7 +304,7 @@ func (s *Supervisor) apply(e core.Effect) {
 		}
 	case core.Kill:
 		if p := s.procs[e.Worker]; p != nil {
-			p.killGroup(s.reaper)
+			s.kill(p)
 		}
 	case core.SetTimer:
 		id := e.Timer
@@ -331,8 +359,8 @@ func (s *Supervisor) apply(e core.Effect) {
 }
 
 // reaped releases what a worker's process held once the machine hears of its
-// exit, and kills what it left behind in its process group: nothing
-// supervises those.
+// exit, and kills what it left behind in its cgroup, or else its process
+// group: nothing supervises those.
 func (s *Supervisor) reaped(id core.WorkerID) {
 	p := s.procs[id]
 	if p == nil {
@@ -340,8 +368,41 @@ func (s *Supervisor) reaped(id core.WorkerID) {
 	}
 	delete(s.procs, id)
 	p.proxy.Close()
+	if p.cg != nil {
+		if busy, err := p.cg.Populated(); err == nil && busy {
+			s.log.Warn("killing processes the worker left behind in its cgroup", "worker", p.name, "cgroup", p.cg.Dir)
+		}
+		s.removeCgroup(p.name, p.cg)
+		return
+	}
 	if unix.Kill(-p.pid, unix.SIGKILL) == nil {
 		s.log.Warn("killed processes the worker left behind in its process group", "worker", p.name, "pgid", p.pid)
+	}
+}
+
+// addUsage fills in each worker's CPU time and memory from its cgroup.
+func (s *Supervisor) addUsage(st *control.Status) {
+	byPID := map[int]*proc{}
+	for _, p := range s.procs {
+		byPID[p.pid] = p
+	}
+	for i := range st.Groups {
+		for j := range st.Groups[i].Workers {
+			w := &st.Groups[i].Workers[j]
+			p := byPID[w.PID]
+			if p == nil || p.cg == nil {
+				continue
+			}
+			u, err := p.cg.Usage()
+			if err != nil {
+				s.log.Warn("reading worker's cgroup usage", "worker", p.name, "err", err)
+				continue
+			}
+			w.CPU = &u.CPU
+			if u.Memory >= 0 {
+				w.Memory = &u.Memory
+			}
+		}
 	}
 }
 

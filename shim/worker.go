@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sockshim/sockshim/handoff"
+	"github.com/sockshim/sockshim/internal/cgroup"
 	"github.com/sockshim/sockshim/internal/contain"
 	"github.com/sockshim/sockshim/shim/config"
 	"github.com/sockshim/sockshim/shim/core"
@@ -25,6 +26,7 @@ type proc struct {
 	pid     int
 	process *os.Process // signals go through its pidfd, never a reused pid
 	proxy   *notify.Proxy
+	cg      *cgroup.Group // its own cgroup; nil when the subreaper contains it
 }
 
 // spawn starts one worker: the trampoline (sockshim's own binary in its
@@ -69,20 +71,35 @@ func (s *Supervisor) spawn(e core.Start) (*proc, error) {
 	// exit event.
 	cmd.Stderr = errW
 	cmd.ExtraFiles = []*os.File{child} // becomes handoff.HandoffFD (3)
-	err = s.reaper.Start(cmd)
+	var cg *cgroup.Group
+	if s.cgroups != nil {
+		// Born in its own cgroup (clone3 CLONE_INTO_CGROUP), so nothing it
+		// forks, even at once, escapes cgroup.kill.
+		if cg, err = s.cgroups.New(fmt.Sprintf("w%d", e.Worker)); err == nil {
+			cmd.SysProcAttr.UseCgroupFD = true
+			cmd.SysProcAttr.CgroupFD = cg.FD()
+			err = cmd.Start()
+			cg.Close()
+		}
+	} else {
+		err = s.reaper.Start(cmd)
+	}
 	child.Close()
 	errW.Close()
 	if err != nil {
 		errR.Close()
 		proxy.Close()
+		if cg != nil {
+			s.removeCgroup(name, cg)
+		}
 		return nil, fmt.Errorf("%s: %w", name, startError(cfg, err))
 	}
-	p := &proc{name: name, pid: cmd.Process.Pid, process: cmd.Process, proxy: proxy}
+	p := &proc{name: name, pid: cmd.Process.Pid, process: cmd.Process, proxy: proxy, cg: cg}
 	tail := newStderrTail(errR, s.stderr)
 	if err := handoff.Send(parent, sockets.Select(s.sockets, cfg.Sockets)); err != nil {
 		// The trampoline is blocked in Receive or already gone; either way
 		// it must not run a worker without its sockets. Its exit reports it.
-		p.killGroup(s.reaper)
+		s.kill(p)
 		s.log.Error("handing sockets to worker failed", "worker", name, "pid", p.pid, "err", err)
 	}
 	id := e.Worker
@@ -125,7 +142,9 @@ func startError(cfg config.Worker, err error) error {
 // words, but never waits on a pipe a surviving grandchild might hold forever.
 func (s *Supervisor) reap(id core.WorkerID, cmd *exec.Cmd, tail *stderrTail) {
 	err := cmd.Wait()
-	s.reaper.Exited(cmd.Process.Pid)
+	if s.reaper != nil {
+		s.reaper.Exited(cmd.Process.Pid)
+	}
 	select {
 	case <-tail.done:
 	case <-time.After(200 * time.Millisecond):
@@ -184,15 +203,35 @@ func (p *proc) signal(sig syscall.Signal, log *slog.Logger) {
 	}
 }
 
-// killGroup SIGKILLs the worker, everything descended from it (also what
-// left its process group with setsid) and its whole process group. The tree
-// goes first, while the worker still holds it together; the worker is killed
-// through its pidfd; the group id stays reserved while any member lives, so
-// the group kill reaches only the worker's own children.
-func (p *proc) killGroup(r *contain.Reaper) {
-	r.KillTree(p.pid)
+// kill SIGKILLs the worker and everything it started. In a cgroup of its
+// own, cgroup.kill does it at once. Otherwise the tree descended from it
+// (also what left its process group with setsid) goes first, while the
+// worker still holds it together; then the worker, through its pidfd; then
+// its process group, whose id stays reserved while any member lives, so the
+// group kill reaches only the worker's own children.
+func (s *Supervisor) kill(p *proc) {
+	if p.cg != nil {
+		if err := p.cg.Kill(); err != nil {
+			s.log.Error("killing worker's cgroup failed", "worker", p.name, "pid", p.pid, "err", err)
+			_ = p.process.Signal(syscall.SIGKILL)
+		}
+		return
+	}
+	s.reaper.KillTree(p.pid)
 	_ = p.process.Signal(syscall.SIGKILL)
 	_ = unix.Kill(-p.pid, unix.SIGKILL)
+}
+
+// removeCgroup kills what is left in a worker's cgroup and removes it once
+// empty, off Run's goroutine; Run waits for every removal before returning.
+func (s *Supervisor) removeCgroup(name string, cg *cgroup.Group) {
+	s.removals.Add(1)
+	go func() {
+		defer s.removals.Done()
+		if err := cg.Remove(2 * time.Second); err != nil {
+			s.log.Error("removing worker's cgroup", "worker", name, "err", err)
+		}
+	}()
 }
 
 // accepts reports whether a notify datagram from pid speaks for the worker

@@ -78,15 +78,22 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "sockshim pid %d, %s, up %s, %d reloads\n%s\n\n", st.PID, st.State,
 		time.Since(st.Started).Round(time.Second), st.Reloads, st.Line)
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "GROUP\tID\tPID\tGEN\tSTATE\tREADY AFTER\tUPTIME\tRESTARTS\tSTATUS")
+	fmt.Fprintln(tw, "GROUP\tID\tPID\tGEN\tSTATE\tREADY AFTER\tUPTIME\tRESTARTS\tCPU\tMEMORY\tSTATUS")
 	for _, g := range st.Groups {
 		for _, w := range g.Workers {
 			readyAfter := "-"
 			if !w.ReadyAt.IsZero() {
 				readyAfter = w.ReadyAt.Sub(w.Started).Round(time.Millisecond).String()
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\t%s\t%d\t%s\n", g.Name, w.ID, w.PID, w.Generation, w.State,
-				readyAfter, w.Uptime.Round(time.Second), w.Restarts, strings.ReplaceAll(w.Status, "\t", " "))
+			cpu, mem := "-", "-"
+			if w.CPU != nil {
+				cpu = w.CPU.Round(time.Millisecond).String()
+			}
+			if w.Memory != nil {
+				mem = fmt.Sprintf("%.1fM", float64(*w.Memory)/(1<<20))
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", g.Name, w.ID, w.PID, w.Generation, w.State,
+				readyAfter, w.Uptime.Round(time.Second), w.Restarts, cpu, mem, strings.ReplaceAll(w.Status, "\t", " "))
 		}
 	}
 	return tw.Flush()

@@ -55,6 +55,11 @@ type WorkerStatus struct {
 	Uptime     time.Duration `json:"uptime_ns"`
 	Restarts   int           `json:"restarts"`
 	Status     string        `json:"status,omitempty"` // the worker's own STATUS=
+	// From the worker's own cgroup, when sockshim's is delegated: CPU time
+	// of all its processes (cpu.stat), and memory where the memory
+	// controller is enabled (memory.current). Absent otherwise.
+	CPU    *time.Duration `json:"cpu_usage_ns,omitempty"`
+	Memory *int64         `json:"memory_bytes,omitempty"`
 }
 
 // maxRequest bounds a request line, newline included.
