@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"net"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -106,7 +107,7 @@ drain_timeout = "5s"
 		if env["LISTEN_FDNAMES"] != "http" || env["LISTEN_FDS"] != "1" || env["LISTEN_PID"] != strconv.Itoa(pid) {
 			t.Errorf("worker %d LISTEN_* = %v", pid, env)
 		}
-		if !strings.HasPrefix(env["NOTIFY_SOCKET"], "@sockshim/") {
+		if !notifySocketPath.MatchString(env["NOTIFY_SOCKET"]) {
 			t.Errorf("worker %d NOTIFY_SOCKET=%q, want its sockshim proxy", pid, env["NOTIFY_SOCKET"])
 		}
 		for k := range env {
@@ -159,3 +160,6 @@ func TestWatchdogUnderSystemd(t *testing.T) {
 		t.Errorf("sockshim did not see WATCHDOG_USEC")
 	}
 }
+
+// notifySocketPath is where a root sockshim puts a worker's notify socket.
+var notifySocketPath = regexp.MustCompile(`^/run/sockshim/notify\.[0-9]+/w[0-9]+$`)
