@@ -754,7 +754,13 @@ func TestFaultReloadLeaks(t *testing.T) {
 // reloadLeaks is TestFaultReloadLeaks with n reloads in a row.
 func reloadLeaks(t testing.TB, n int) string {
 	const count = 2
-	const rssTolerance = 4 << 10 // KiB
+	// KiB. A race-built sockshim keeps the detector's shadow memory of
+	// everything it ever allocated (5.2 MiB more after 100 reloads in one CI
+	// run), so only a build without -race (the benchmark's) is held to 4 MiB.
+	rssTolerance := 4 << 10
+	if testenv.RaceEnabled {
+		rssTolerance = 16 << 10
+	}
 	b := build(t)
 	a := startStandalone(t, b, workerConfig(b, "v1", "rolling", 1, count))
 	awaitReady(t, a)
