@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -23,6 +22,7 @@ import (
 	"github.com/sockshim/sockshim/internal/procfs"
 	"github.com/sockshim/sockshim/shim/control"
 	"github.com/sockshim/sockshim/testenv"
+	"github.com/sockshim/sockshim/testenv/load"
 	"golang.org/x/sys/unix"
 )
 
@@ -116,23 +116,7 @@ func (tr *traced) one() {
 		tr.versions[version]++
 		return
 	}
-	tr.failed = append(tr.failed, tracedFailure{src: ip.String(), kind: failureKind(err), err: err.Error()})
-}
-
-// failureKind names a transport error as testenv/load does.
-func failureKind(err error) string {
-	var ne net.Error
-	switch {
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "refused"
-	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
-		return "reset"
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return "eof"
-	case errors.As(err, &ne) && ne.Timeout():
-		return "timeout"
-	}
-	return "other"
+	tr.failed = append(tr.failed, tracedFailure{src: ip.String(), kind: load.Classify(err), err: err.Error()})
 }
 
 // kinds counts failures by kind.

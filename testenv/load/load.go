@@ -188,7 +188,7 @@ func (r *runner) client(ctx context.Context, t *tally) {
 		ok := err == nil && resp.status == 200
 		switch {
 		case err != nil:
-			kind := classify(err)
+			kind := Classify(err)
 			t.failures[kind]++
 			if _, seen := t.examples[kind]; !seen {
 				t.examples[kind] = err.Error()
@@ -333,8 +333,9 @@ func (r *runner) roundTrip(c *conn) (result, error) {
 	}, nil
 }
 
-// classify names the kind of a transport error.
-func classify(err error) string {
+// Classify names the kind of a transport error: refused, reset, eof,
+// timeout or other, the keys of Result.Failed.
+func Classify(err error) string {
 	var ne net.Error
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
