@@ -41,7 +41,7 @@ func (s *Supervisor) spawn(e core.Start) (*proc, error) {
 	if cfg.User != "" {
 		cred, err := config.Credential(cfg.User, cfg.Group)
 		if err != nil {
-			return nil, fmt.Errorf("%s: notify socket: %w", name, err)
+			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		uid = int(cred.Uid)
 	}
