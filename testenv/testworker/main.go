@@ -43,7 +43,7 @@ func main() {
 	drainTimeout := flag.Duration("drain-timeout", 30*time.Second, "longest drain on SIGTERM")
 	report := flag.String("report", "", "write DIR/PID.json with inherited fds and env")
 	drainMode := flag.String("drain", "tracked", `how to drain: "tracked" (gracefulhttp, lossless) or "shutdown" (http.Server.Shutdown alone, for comparison)`)
-	acceptLog := flag.String("accept-log", "", "append \"PID REMOTE-ADDR\" to this file for every accepted connection, before reading from it")
+	acceptLogPath := flag.String("accept-log", "", "append \"PID REMOTE-ADDR\" to this file for every accepted connection, before reading from it")
 	crashAfterReady := flag.Duration("crash-after-ready", 0, "exit with status 5 this long after READY=1, in-flight requests unanswered")
 	daemonize := flag.String("daemonize", "", `before READY=1, start a copy of this program in a new session that serves the listening sockets with version VERSION-daemon, then "exit" (status 0) or "stay" (carry on as usual)`)
 	daemonPIDFile := flag.String("daemon-pidfile", "", "where the -daemonize copy writes its pid")
@@ -65,7 +65,7 @@ func main() {
 		os.Exit(3)
 	}
 	if *daemonChild {
-		serveDaemon(*version, *acceptLog)
+		serveDaemon(*version, *acceptLogPath)
 		return
 	}
 	lns, err := activation.Listeners()
@@ -85,7 +85,7 @@ func main() {
 	}
 
 	if *daemonize != "" {
-		if err := startDaemon(listeners, *version, *daemonPIDFile, *acceptLog); err != nil {
+		if err := startDaemon(listeners, *version, *daemonPIDFile, *acceptLogPath); err != nil {
 			log.Error("daemonize", "err", err)
 			os.Exit(1)
 		}
@@ -97,7 +97,8 @@ func main() {
 
 	gen, id := inherited.Env["SOCKSHIM_GENERATION"], inherited.Env["SOCKSHIM_WORKER_ID"]
 	mux := handler(*version, gen, id, *work)
-	plain := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ConnState: acceptLogger(*acceptLog, log)}
+	accepts := openAcceptLog(*acceptLogPath, log)
+	plain := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ConnState: accepts.connState()}
 	srv := gracefulhttp.New(plain)
 
 	sigs := make(chan os.Signal, 4)
@@ -108,6 +109,11 @@ func main() {
 	if *crashAfterReady > 0 {
 		time.AfterFunc(*crashAfterReady, func() {
 			fmt.Fprintln(os.Stderr, "testworker: crashing after ready, as asked (-crash-after-ready)")
+			// Twice: an accept that was returning during the first pass
+			// has its descriptor by the second.
+			accepts.held()
+			time.Sleep(20 * time.Millisecond)
+			accepts.held()
 			os.Exit(5)
 		})
 	}
@@ -190,12 +196,14 @@ func handler(version, gen, id string, work time.Duration) http.Handler {
 	return mux
 }
 
-// acceptLogger returns a ConnState hook that appends "PID REMOTE-ADDR" to
-// path for each new connection, so that a test can tell which process had a
-// connection that failed; nil when path is "". Each line is one write(2) to
-// an O_APPEND file, so lines from concurrent workers never interleave and
-// survive a SIGKILL right after.
-func acceptLogger(path string, log *slog.Logger) func(net.Conn, http.ConnState) {
+// acceptLog appends "PID PEER" for every connection this process accepts,
+// so a test can tell which process held a request that failed.
+type acceptLog struct {
+	f   *os.File
+	pid int
+}
+
+func openAcceptLog(path string, log *slog.Logger) *acceptLog {
 	if path == "" {
 		return nil
 	}
@@ -204,11 +212,48 @@ func acceptLogger(path string, log *slog.Logger) func(net.Conn, http.ConnState) 
 		log.Error("accept log", "err", err)
 		os.Exit(1)
 	}
-	pid := os.Getpid()
+	return &acceptLog{f: f, pid: os.Getpid()}
+}
+
+// connState is an http.Server ConnState hook.
+func (a *acceptLog) connState() func(net.Conn, http.ConnState) {
+	if a == nil {
+		return nil
+	}
 	return func(c net.Conn, st http.ConnState) {
 		if st == http.StateNew {
-			fmt.Fprintf(f, "%d %s\n", pid, c.RemoteAddr())
+			fmt.Fprintf(a.f, "%d %s\n", a.pid, c.RemoteAddr())
 		}
+	}
+}
+
+// held logs the peer of every TCP connection this process holds now: one
+// accepted just before an abrupt exit may not have reached connState yet.
+// Duplicates of logged lines are harmless.
+func (a *acceptLog) held() {
+	if a == nil {
+		return
+	}
+	ents, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		sa, err := unix.Getpeername(fd)
+		if err != nil {
+			continue // not a connected socket
+		}
+		var peer string
+		switch sa := sa.(type) {
+		case *unix.SockaddrInet4:
+			peer = net.JoinHostPort(net.IP(sa.Addr[:]).String(), strconv.Itoa(sa.Port))
+		case *unix.SockaddrInet6:
+			peer = net.JoinHostPort(net.IP(sa.Addr[:]).String(), strconv.Itoa(sa.Port))
+		default:
+			continue
+		}
+		fmt.Fprintf(a.f, "%d %s\n", a.pid, peer)
 	}
 }
 
@@ -258,7 +303,7 @@ func serveDaemon(version, acceptLog string) {
 		f.Close()
 		lns = append(lns, ln)
 	}
-	srv := &http.Server{Handler: handler(version, "daemon", "daemon", 0), ReadHeaderTimeout: 10 * time.Second, ConnState: acceptLogger(acceptLog, log)}
+	srv := &http.Server{Handler: handler(version, "daemon", "daemon", 0), ReadHeaderTimeout: 10 * time.Second, ConnState: openAcceptLog(acceptLog, log).connState()}
 	if len(lns) == 0 {
 		log.Error("daemon copy: no listening socket from descriptor 3")
 		os.Exit(1)
