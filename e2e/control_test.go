@@ -1,17 +1,15 @@
 package e2e
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/sockshim/sockshim/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -48,49 +46,9 @@ func TestControlRefusesImpostor(t *testing.T) {
 		t.Fatal("this test runs a server as nobody and needs root")
 	}
 	b := build(t)
-	dir, err := os.MkdirTemp("", "sockshim-impostor-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sockDir := filepath.Join(dir, "run")
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Mkdir(sockDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chown(sockDir, 65534, 65534); err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(sockDir, "app.sock")
-	cmd := exec.Command("runuser", "-u", "nobody", "--", "/usr/bin/python3", "-c", `
-import socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.bind(sys.argv[1])
-s.listen()
-print("ready", flush=True)
-while True:
-    c, _ = s.accept()
-    c.recv(4096)
-    c.sendall(b'{"done":true,"message":"generation 42 serving"}\n')
-    c.close()
-`, sock)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		cmd.Wait()
-	})
-	if line, err := bufio.NewReader(stdout).ReadString('\n'); line != "ready\n" {
-		t.Fatalf("impostor: %q %v", line, err)
-	}
+	dir := testenv.NobodyDir(t)
+	sock := filepath.Join(dir, "app.sock")
+	testenv.FakeControlServer(t, sock, nil)
 
 	cfg := filepath.Join(dir, "app.toml")
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("[[worker]]\ncommand = [\"/bin/true\"]\n[control]\nsocket = %q\n", sock)), 0o644); err != nil {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sockshim/sockshim/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -289,8 +290,8 @@ func memKiB(t *testing.T, pid int, field string) int {
 // TestCallRefusesStranger: a server run by another user on the socket path
 // is not trusted with the answer.
 func TestCallRefusesStranger(t *testing.T) {
-	path := filepath.Join(nobodyDir(t), "control.sock")
-	fakeServer(t, path, nil)
+	path := filepath.Join(testenv.NobodyDir(t), "control.sock")
+	testenv.FakeControlServer(t, path, nil)
 	r, err := Call(path, Request{Command: "reload"}, nil)
 	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "uid 65534") {
 		t.Errorf("reload answered by nobody's server: %+v %v", r, err)
@@ -301,7 +302,7 @@ func TestCallRefusesStranger(t *testing.T) {
 // what it is, and left alone.
 func TestListenNamesSquatter(t *testing.T) {
 	if os.Getuid() != 0 {
-		t.Skip("needs root to act as another user")
+		t.Fatal("acting as another user needs root")
 	}
 	// nobody's socket in a directory of ours: bound here, handed to nobody,
 	// who listens on it.
@@ -318,7 +319,7 @@ func TestListenNamesSquatter(t *testing.T) {
 	if err := os.Chown(path, 65534, 65534); err != nil {
 		t.Fatal(err)
 	}
-	fakeServer(t, path, bound)
+	testenv.FakeControlServer(t, path, bound)
 	_, err = Listen(path, slog.New(slog.DiscardHandler))
 	if err == nil || !strings.Contains(err.Error(), "uid 65534") || !strings.Contains(err.Error(), "python3") {
 		t.Errorf("Listen over nobody's live socket: %v", err)
