@@ -37,10 +37,13 @@ type proc struct {
 func (s *Supervisor) spawn(e core.Start) (*proc, error) {
 	cfg := e.Config
 	name := fmt.Sprintf("%s[%d]", cfg.Name, e.Slot)
+	// The worker's credential, when it drops privileges; its notify
+	// socket is writable by that uid only.
+	var cred *syscall.Credential
 	uid := os.Getuid()
-	if cfg.User != "" {
-		cred, err := config.Credential(cfg.User, cfg.Group)
-		if err != nil {
+	if cfg.User != "" || cfg.Group != "" {
+		var err error
+		if cred, err = config.Credential(cfg.User, cfg.Group); err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		uid = int(cred.Uid)
@@ -49,11 +52,7 @@ func (s *Supervisor) spawn(e core.Start) (*proc, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	cmd, err := s.trampolineCmd(cfg, proxy.Addr(), e.Slot, e.Gen)
-	if err != nil {
-		proxy.Close()
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
+	cmd := s.trampolineCmd(cfg, cred, proxy.Addr(), e.Slot, e.Gen)
 	parent, child, err := handoff.Pair()
 	if err != nil {
 		proxy.Close()
@@ -161,7 +160,7 @@ func (s *Supervisor) reap(id core.WorkerID, cmd *exec.Cmd, tail *stderrTail) {
 	s.post(ev)
 }
 
-func (s *Supervisor) trampolineCmd(cfg config.Worker, notifyAddr string, slot, gen int) (*exec.Cmd, error) {
+func (s *Supervisor) trampolineCmd(cfg config.Worker, cred *syscall.Credential, notifyAddr string, slot, gen int) *exec.Cmd {
 	attr := &syscall.SysProcAttr{
 		// Its own process group, so that a drain deadline can kill the
 		// worker together with any children it forked.
@@ -169,14 +168,8 @@ func (s *Supervisor) trampolineCmd(cfg config.Worker, notifyAddr string, slot, g
 		// Workers die with sockshim, however sockshim dies. (The signal is
 		// tied to the forking thread; Go never retires threads that were not
 		// locked with LockOSThread, and sockshim never locks one.)
-		Pdeathsig: syscall.SIGKILL,
-	}
-	if cfg.User != "" || cfg.Group != "" {
-		cred, err := config.Credential(cfg.User, cfg.Group)
-		if err != nil {
-			return nil, err
-		}
-		attr.Credential = cred
+		Pdeathsig:  syscall.SIGKILL,
+		Credential: cred,
 	}
 	args := append([]string{"sockshim", handoff.TrampolineArg, "--"}, cfg.Command...)
 	env := workerEnv(s.baseEnv, cfg.Env, notifyAddr, gen, slot, cfg.Name)
@@ -190,7 +183,7 @@ func (s *Supervisor) trampolineCmd(cfg config.Worker, notifyAddr string, slot, g
 		Dir:         cfg.Dir,
 		Stdout:      s.stdout,
 		SysProcAttr: attr,
-	}, nil
+	}
 }
 
 // signal sends sig to the worker process itself: servers that are masters of

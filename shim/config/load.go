@@ -27,13 +27,9 @@ func ControlSocket(path string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("config: %w", err)
 	}
-	var raw map[string]any
-	if _, err := toml.Decode(string(data), &raw); err != nil {
-		var pe toml.ParseError
-		if errors.As(err, &pe) {
-			return "", &Error{File: path, Line: pe.Position.Line, Msg: "TOML syntax: " + pe.Message}
-		}
-		return "", &Error{File: path, Msg: err.Error()}
+	raw, err := decode(path, data)
+	if err != nil {
+		return "", err
 	}
 	// A [control] or socket of the wrong type is the supervisor's to report.
 	ctl, _ := raw["control"].(map[string]any)
@@ -44,13 +40,9 @@ func ControlSocket(path string) (string, error) {
 // Parse checks the config text data; name is used in error messages and as
 // Config.Path. Every problem found is reported, one per line, sorted by line.
 func Parse(name string, data []byte) (*Config, error) {
-	var raw map[string]any
-	if _, err := toml.Decode(string(data), &raw); err != nil {
-		var pe toml.ParseError
-		if errors.As(err, &pe) {
-			return nil, &Error{File: name, Line: pe.Position.Line, Msg: "TOML syntax: " + pe.Message}
-		}
-		return nil, &Error{File: name, Msg: err.Error()}
+	raw, err := decode(name, data)
+	if err != nil {
+		return nil, err
 	}
 	r := &reader{file: name, lines: lineIndex(string(data))}
 	cfg := r.config(raw)
@@ -59,6 +51,19 @@ func Parse(name string, data []byte) (*Config, error) {
 	}
 	cfg.Path = name
 	return cfg, nil
+}
+
+// decode reads data as TOML; a syntax error names file name and its line.
+func decode(name string, data []byte) (map[string]any, error) {
+	var raw map[string]any
+	if _, err := toml.Decode(string(data), &raw); err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return nil, &Error{File: name, Line: pe.Position.Line, Msg: "TOML syntax: " + pe.Message}
+		}
+		return nil, &Error{File: name, Msg: err.Error()}
+	}
+	return raw, nil
 }
 
 // CheckSocketNames reports every worker group that asks for a socket not in
