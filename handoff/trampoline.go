@@ -13,8 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TrampolineArg is the hidden argv[1] that starts sockshim as a trampoline:
-// `sockshim __trampoline -- COMMAND ARGS…`.
+// TrampolineArg is the hidden argv[1] that starts a trampoline, the small
+// binary or sockshim's own: `sockshim __trampoline -- COMMAND ARGS…`.
 const TrampolineArg = "__trampoline"
 
 // HandoffFD is where the trampoline finds its end of the handoff socket
@@ -101,6 +101,19 @@ func Trampoline(argv []string) error {
 	}
 	err = syscall.Exec(path, argv, env)
 	return fmt.Errorf("trampoline: exec %s: %w", path, err)
+}
+
+// Main is a trampoline's main function, args being what follows
+// TrampolineArg: it becomes the worker command or dies trying, with status
+// 127, the shell's "command could not be run", which the supervisor reports
+// as such.
+func Main(args []string) {
+	if len(args) > 0 && args[0] == "--" {
+		args = args[1:]
+	}
+	err := Trampoline(args)
+	fmt.Fprintf(os.Stderr, "sockshim: %v\n", err)
+	os.Exit(127)
 }
 
 // listenEnv replaces any LISTEN_* variables in env with the ones describing

@@ -31,6 +31,7 @@ command -v go-md2man >/dev/null || go install github.com/cpuguy83/go-md2man/v2@v
 # the config with those paths rewritten.
 rm -rf "$DIST" && mkdir -p "$DIST/man"
 CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$VERSION" -o "$DIST/sockshim" ./cmd/sockshim
+CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$DIST/sockshim-handoff" ./cmd/sockshim-handoff
 for page in packaging/man/*.md; do
 	out="$DIST/man/$(basename "$page" .md)"
 	go-md2man -in "$page" -out "$out"

@@ -27,10 +27,10 @@ type Options struct {
 	Logger  *slog.Logger     // default slog.Default()
 	// Upstream reports to the service manager; default notify.NewUpstream.
 	Upstream *notify.Upstream
-	// Executable is the binary started in trampoline mode; default
-	// /proc/self/exe, which still names sockshim's own image after a package
-	// upgrade replaced the file on disk.
-	Executable string
+	// Trampoline is the binary every worker is exec'd through, opened
+	// once (handoff.OpenBinary); default: the one found beside sockshim's
+	// executable.
+	Trampoline *handoff.Binary
 	// Stdout and Stderr receive the workers' output; default sockshim's own,
 	// so journald files it under the unit.
 	Stdout, Stderr *os.File
@@ -50,7 +50,7 @@ type Options struct {
 type Supervisor struct {
 	log            *slog.Logger
 	up             *notify.Upstream
-	exe            string
+	trampoline     *handoff.Binary
 	stdout, stderr *os.File
 	baseEnv        []string
 	sockets        []handoff.Socket
@@ -101,7 +101,7 @@ func New(o Options) (*Supervisor, error) {
 	s := &Supervisor{
 		log:        o.Logger,
 		up:         o.Upstream,
-		exe:        o.Executable,
+		trampoline: o.Trampoline,
 		stdout:     o.Stdout,
 		stderr:     o.Stderr,
 		baseEnv:    os.Environ(),
@@ -119,6 +119,20 @@ func New(o Options) (*Supervisor, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	if s.trampoline == nil {
+		self, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("locating sockshim's own binary: %w", err)
+		}
+		if s.trampoline, err = handoff.OpenBinary(self); err != nil {
+			return nil, err
+		}
+	}
+	if s.trampoline.Own {
+		s.log.Info("workers start through sockshim's own binary; install "+handoff.BinaryName+" beside it for faster starts", "trampoline", s.trampoline.Path)
+	} else {
+		s.log.Info("workers start through "+handoff.BinaryName, "trampoline", s.trampoline.Path)
+	}
 	if err := s.contain(); err != nil {
 		return nil, err
 	}
@@ -129,9 +143,6 @@ func New(o Options) (*Supervisor, error) {
 	}
 	if s.up == nil {
 		s.up = notify.NewUpstream(s.log)
-	}
-	if s.exe == "" {
-		s.exe = "/proc/self/exe"
 	}
 	if s.stdout == nil {
 		s.stdout = os.Stdout

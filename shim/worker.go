@@ -29,8 +29,8 @@ type proc struct {
 	cg      *cgroup.Group // its own cgroup; nil when the subreaper contains it
 }
 
-// spawn starts one worker: the trampoline (sockshim's own binary in its
-// internal mode) in a new process group, hands it the group's sockets over a
+// spawn starts one worker: the trampoline (sockshim-handoff, or sockshim's
+// own binary in its internal mode) in a new process group, hands it the group's sockets over a
 // SOCK_SEQPACKET pair, and arranges for its exit, notify datagrams and stderr
 // to come back as events. The trampoline then execs the worker command, which
 // keeps the pid. Every error says which step failed.
@@ -69,7 +69,7 @@ func (s *Supervisor) spawn(e core.Start) (*proc, error) {
 	// not wait for the pipe: a grandchild holding it open cannot delay the
 	// exit event.
 	cmd.Stderr = errW
-	cmd.ExtraFiles = []*os.File{child} // becomes handoff.HandoffFD (3)
+	cmd.ExtraFiles = []*os.File{child, s.trampoline.File} // handoff.HandoffFD, handoff.ImageFD
 	var cg *cgroup.Group
 	if s.cgroups != nil {
 		// Born in its own cgroup (clone3 CLONE_INTO_CGROUP), so nothing it
@@ -177,7 +177,7 @@ func (s *Supervisor) trampolineCmd(cfg config.Worker, cred *syscall.Credential, 
 		env = append(env, contain.Marker+"="+s.instance)
 	}
 	return &exec.Cmd{
-		Path:        s.exe,
+		Path:        handoff.ImagePath,
 		Args:        args,
 		Env:         env,
 		Dir:         cfg.Dir,

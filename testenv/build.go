@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -13,6 +14,11 @@ var (
 	buildMu   sync.Mutex
 	buildDir  string
 	buildDone = map[string]string{}
+)
+
+const (
+	sockshimCmd = "github.com/sockshim/sockshim/cmd/sockshim"
+	handoffCmd  = "github.com/sockshim/sockshim/cmd/sockshim-handoff"
 )
 
 // Build compiles the main package at importPath once per test process and
@@ -37,15 +43,21 @@ func Build(t testing.TB, importPath string) string {
 		}
 		buildDir = dir
 	}
-	bin := filepath.Join(buildDir, path.Base(importPath))
-	args := []string{"build", "-o", bin}
+	// sockshim starts its workers through the trampoline binary it finds
+	// beside itself, as the packages install them.
+	pkgs := []string{importPath}
+	if importPath == sockshimCmd {
+		pkgs = append(pkgs, handoffCmd)
+	}
+	args := []string{"build", "-o", buildDir + "/"}
 	if RaceEnabled {
 		args = append(args, "-race")
 	}
-	out, err := exec.Command("go", append(args, importPath)...).CombinedOutput()
+	out, err := exec.Command("go", append(args, pkgs...)...).CombinedOutput()
 	if err != nil {
-		t.Fatalf("testenv: go build %s: %v\n%s", importPath, err, out)
+		t.Fatalf("testenv: go build %s: %v\n%s", strings.Join(pkgs, " "), err, out)
 	}
+	bin := filepath.Join(buildDir, path.Base(importPath))
 	buildDone[importPath] = bin
 	return bin
 }

@@ -30,7 +30,7 @@ func main() {
 	// The trampoline must run before anything else touches descriptors: it
 	// owns fd 3 and is about to become the worker.
 	if len(os.Args) > 1 && os.Args[1] == handoff.TrampolineArg {
-		trampoline(os.Args[2:])
+		handoff.Main(os.Args[2:])
 	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
@@ -70,15 +70,4 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "sockshim %s: %v\n", args[0], err)
 		return 1
 	}
-}
-
-// trampoline becomes the worker command or dies trying; 127 is the shell's
-// "command could not be run" status, which the supervisor reports as such.
-func trampoline(args []string) {
-	if len(args) > 0 && args[0] == "--" {
-		args = args[1:]
-	}
-	err := handoff.Trampoline(args)
-	fmt.Fprintf(os.Stderr, "sockshim: %v\n", err)
-	os.Exit(127)
 }

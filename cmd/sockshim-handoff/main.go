@@ -1,0 +1,22 @@
+// Command sockshim-handoff is the trampoline through which sockshim starts
+// every worker: it receives the worker's sockets over SCM_RIGHTS, sets up
+// the socket-activation environment and execs the worker command, keeping
+// its pid. It links only the handoff package, so it starts as fast as a
+// minimal Go program; sockshim runs it as
+// `sockshim-handoff __trampoline -- COMMAND ARGS…` and nothing else should.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/sockshim/sockshim/handoff"
+)
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] != handoff.TrampolineArg {
+		fmt.Fprintf(os.Stderr, "%s: started by sockshim to exec its workers; not a command to run by hand\n", handoff.BinaryName)
+		os.Exit(2)
+	}
+	handoff.Main(os.Args[2:])
+}
