@@ -193,22 +193,52 @@ func copyFile(t *testing.T, src, dst string) {
 // installReloads is how many reloads the install test does under load.
 var installReloads = envInt("SOCKSHIM_E2E_INSTALL_RELOADS", 50)
 
-// TestPackageInstall follows a user through a real Debian 12 system booted
-// with systemd-nspawn: install the .deb, configure a socket-activated
-// instance, reload under load, fail a reload, upgrade under load, purge.
+// TestPackageInstall follows a user through a real Debian system of each
+// release booted with systemd-nspawn: install the .deb, configure a
+// socket-activated instance, reload under load, fail a reload, upgrade under
+// load, purge.
 func TestPackageInstall(t *testing.T) {
+	for _, rel := range testenv.Releases {
+		t.Run(rel.Name, func(t *testing.T) { testPackageInstall(t, rel) })
+	}
+}
+
+var (
+	twOnce sync.Once
+	twPath string
+	twErr  error
+)
+
+// staticTestworker builds the testworker without cgo, so that it runs in any
+// root, once per test binary.
+func staticTestworker(t *testing.T) string {
+	t.Helper()
+	twOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "sockshim-tw-")
+		if err != nil {
+			twErr = err
+			return
+		}
+		twPath = filepath.Join(dir, "testworker")
+		build := exec.Command("go", "build", "-o", twPath, "github.com/sockshim/sockshim/testenv/testworker")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			twErr = fmt.Errorf("building the testworker: %w\n%s", err, out)
+		}
+	})
+	if twErr != nil {
+		t.Fatal(twErr)
+	}
+	return twPath
+}
+
+func testPackageInstall(t *testing.T, rel testenv.Release) {
 	v1 := buildPackages(t, "0.1.0~test1")
 	v2 := buildPackages(t, "0.1.0~test2")
-	c := testenv.BootContainer(t, testenv.DebianRoot(t))
+	c := testenv.BootContainer(t, testenv.DebianRoot(t, rel))
+	t.Logf("%s: systemd %d", rel, c.SystemdVersion(t))
 
-	// The worker: the testworker, static, so it needs nothing from the root.
-	tw := filepath.Join(t.TempDir(), "testworker")
-	build := exec.Command("go", "build", "-o", tw, "github.com/sockshim/sockshim/testenv/testworker")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the testworker: %v\n%s", err, out)
-	}
-	c.CopyIn(t, tw, "/usr/local/bin/testworker", 0o755)
+	c.CopyIn(t, staticTestworker(t), "/usr/local/bin/testworker", 0o755)
 	c.CopyIn(t, v1.deb, "/root/"+filepath.Base(v1.deb), 0o644)
 	c.CopyIn(t, v2.deb, "/root/"+filepath.Base(v2.deb), 0o644)
 
@@ -397,11 +427,17 @@ func exposure(t *testing.T, c *testenv.Container, unit string) (float64, string)
 
 // TestPackageChroot: where no systemd runs (a chroot, an image build), the
 // maintainer scripts install, upgrade and purge without error and start
-// nothing.
+// nothing, on each release.
 func TestPackageChroot(t *testing.T) {
+	for _, rel := range testenv.Releases {
+		t.Run(rel.Name, func(t *testing.T) { testPackageChroot(t, rel) })
+	}
+}
+
+func testPackageChroot(t *testing.T, rel testenv.Release) {
 	v1 := buildPackages(t, "0.1.0~test1")
 	v2 := buildPackages(t, "0.1.0~test2")
-	_, root := testenv.ScratchRoot(t, testenv.DebianRoot(t))
+	_, root := testenv.ScratchRoot(t, testenv.DebianRoot(t, rel))
 	apt := func(args ...string) string {
 		t.Helper()
 		cmd := exec.Command("chroot", append([]string{root, "/usr/bin/env", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
@@ -470,4 +506,279 @@ func ephemeral(p string) bool {
 	}
 	// The directory `systemctl enable` made; what it held must be gone.
 	return p == "/etc/systemd/system/sockets.target.wants"
+}
+
+// TestPackageReloadUnit holds the shipped unit (Type=notify + a blocking
+// ExecReload=) to its reload contract on each release: `systemctl reload`
+// returns once the new generation serves and fails when the reload was
+// rolled back, and the unit shows "reloading" while a reload runs, whether
+// systemctl or SIGHUP started it. On systemd ≥ 253 it then runs the
+// alternative, Type=notify-reload, which cannot report the rollback; on 252
+// it shows that the type is unknown there. README's "Writing a unit" quotes
+// the results.
+func TestPackageReloadUnit(t *testing.T) {
+	for _, rel := range testenv.Releases {
+		t.Run(rel.Name, func(t *testing.T) { testReloadUnit(t, rel) })
+	}
+}
+
+func testReloadUnit(t *testing.T, rel testenv.Release) {
+	v1 := buildPackages(t, "0.1.0~test1")
+	c := testenv.BootContainer(t, testenv.DebianRoot(t, rel))
+	systemd := c.SystemdVersion(t)
+	t.Logf("%s: systemd %d", rel, systemd)
+	c.CopyIn(t, staticTestworker(t), "/usr/local/bin/testworker", 0o755)
+	c.CopyIn(t, v1.deb, "/root/"+filepath.Base(v1.deb), 0o644)
+	c.MustExec(t, "apt-get", "install", "-y", "/root/"+filepath.Base(v1.deb))
+
+	const unit = "sockshim@tw.service"
+	port := testenv.FreePort(t)
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	// Each worker takes startDelay to become ready, so a reload of the two
+	// takes at least twice that (canary first).
+	const startDelay = time.Second
+	deploy := func(version string, flags []string, extra ...string) {
+		t.Helper()
+		args := append([]string{"/usr/local/bin/testworker", "-version", version, "-start-delay", startDelay.String()}, flags...)
+		c.WriteFile(t, "/etc/sockshim/tw.toml", []byte(fmt.Sprintf(
+			"[[worker]]\nname = \"tw\"\ncommand = %s\ncount = 2\nready_timeout = \"10s\"\ndrain_timeout = \"10s\"\n%s",
+			tomlList(args...), strings.Join(extra, "\n"))), 0o644)
+	}
+	deploy("v1", nil)
+	c.WriteFile(t, "/etc/systemd/system/sockshim@tw.socket.d/listen.conf",
+		[]byte(fmt.Sprintf("[Socket]\nListenStream=127.0.0.1:%d\n", port)), 0o644)
+	c.MustExec(t, "systemctl", "daemon-reload")
+	c.MustExec(t, "systemctl", "enable", "--now", "sockshim@tw.socket")
+	if got := get(t, url); got.version != "v1" {
+		t.Fatalf("first answer %+v", got)
+	}
+
+	// The new version must answer every request made after `systemctl
+	// reload` returned: the old generation has let go of the sockets by then.
+	servesOnly := func(what, version string) {
+		t.Helper()
+		for i := range 20 {
+			if got := get(t, url); got.version != version {
+				t.Errorf("%s: request %d after the reload returned was answered by %+v, want version %s", what, i, got, version)
+				return
+			}
+		}
+	}
+
+	// 1. A good reload through systemctl blocks until the new generation
+	// serves, and the unit is "reloading" meanwhile.
+	deploy("v2", nil)
+	w := watchReload(t, c, unit, func() (string, error) { return c.Exec("systemctl", "reload", unit) })
+	t.Logf("good reload: systemctl reload took %s; states %v; status %q", w.took, w.states, w.status)
+	if w.err != nil {
+		t.Fatalf("good reload: %v\n%s", w.err, w.out)
+	}
+	servesOnly("good reload", "v2")
+	if w.took < 2*startDelay {
+		t.Errorf("good reload: systemctl reload returned after %s, before two workers could be ready (%s each)", w.took, startDelay)
+	}
+	w.wantReloading(t, "good reload")
+
+	// 2. Failed reloads fail `systemctl reload`, and the old generation
+	// serves on: a config that does not load (a worker user that does not
+	// exist) and a new generation that is rolled back (its workers exit
+	// before they are ready).
+	type badReload struct {
+		what  string
+		flags []string
+		extra []string
+		cause string // in the journal
+	}
+	notLoaded := badReload{"config not loaded", nil, []string{`user = "no-such-user"`}, `no such user "no-such-user"`}
+	rolledBack := badReload{"rolled back", []string{"-exit-before-ready"}, nil, "rolled back"}
+	for _, bad := range []badReload{notLoaded, rolledBack} {
+		deploy("v3", bad.flags, bad.extra...)
+		w = watchReload(t, c, unit, func() (string, error) { return c.Exec("systemctl", "reload", unit) })
+		t.Logf("%s: systemctl reload took %s, %v; states %v", bad.what, w.took, w.err, w.states)
+		if w.err == nil {
+			t.Errorf("%s: systemctl reload succeeded:\n%s", bad.what, w.out)
+		}
+		servesOnly(bad.what, "v2")
+		if st := activeSub(c, unit); st != "active/running" {
+			t.Errorf("%s: afterwards the unit is %s, want active/running", bad.what, st)
+		}
+		if j, _ := c.Exec("journalctl", "-u", unit, "--no-pager", "-o", "cat"); !strings.Contains(j, bad.cause) {
+			t.Errorf("%s: the journal does not give the cause (%q):\n%s", bad.what, bad.cause, lastLines(j, 30))
+		}
+	}
+
+	// 3. SIGHUP, which reports nothing to its sender: sockshim's own
+	// RELOADING=1 and READY=1 still show the reload in the unit's state.
+	deploy("v4", nil)
+	mainPID := strings.TrimSpace(c.MustExec(t, "systemctl", "show", "-p", "MainPID", "--value", unit))
+	w = watchReload(t, c, unit, func() (string, error) {
+		// The shell's kill: minbase has no procps.
+		if out, err := c.Exec("sh", "-c", "kill -HUP "+mainPID); err != nil {
+			return out, err
+		}
+		// Wait for the reload to begin and end, as systemd sees it.
+		seen, deadline := false, time.Now().Add(30*time.Second)
+		for time.Now().Before(deadline) {
+			st := activeSub(c, unit)
+			if strings.HasPrefix(st, "reloading/") {
+				seen = true
+			} else if seen && st == "active/running" {
+				return "", nil
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		return "", fmt.Errorf("no reload seen within 30s after SIGHUP (seen reloading: %v)", seen)
+	})
+	t.Logf("SIGHUP reload: took %s; states %v; status %q", w.took, w.states, w.status)
+	if w.err != nil {
+		t.Errorf("SIGHUP reload: %v", w.err)
+	}
+	servesOnly("SIGHUP reload", "v4")
+	w.wantReloading(t, "SIGHUP reload")
+
+	// 4. The alternative: Type=notify-reload, where systemd sends SIGHUP
+	// and waits for RELOADING=1 … READY=1 (ExecReload= must go, or systemd
+	// would run it as well, and sockshim would reload twice). A shorter
+	// TimeoutStartSec= bounds the reload that sockshim never reports.
+	const notifyTimeout = 10 * time.Second
+	c.WriteFile(t, "/etc/systemd/system/sockshim@tw.service.d/notify-reload.conf",
+		[]byte(fmt.Sprintf("[Service]\nType=notify-reload\nExecReload=\nTimeoutStartSec=%ds\n", int(notifyTimeout.Seconds()))), 0o644)
+	c.MustExec(t, "systemctl", "daemon-reload")
+	if systemd < 253 {
+		// 252 ignores the unknown type (and keeps Type=notify): with
+		// ExecReload= gone, the unit cannot be reloaded at all.
+		if typ := strings.TrimSpace(c.MustExec(t, "systemctl", "show", "-p", "Type", "--value", unit)); typ != "notify" {
+			t.Errorf("systemd %d: Type=notify-reload gave Type=%s, want it ignored (notify)", systemd, typ)
+		}
+		out, err := c.Exec("systemctl", "reload", unit)
+		t.Logf("systemd %d with Type=notify-reload: systemctl reload: %v", systemd, err)
+		if err == nil || !strings.Contains(out, "not applicable") {
+			t.Errorf("systemd %d: a unit with Type=notify-reload and no ExecReload= reloaded (%v):\n%s", systemd, err, out)
+		}
+		return
+	}
+	c.MustExec(t, "systemctl", "restart", unit)
+	if typ := strings.TrimSpace(c.MustExec(t, "systemctl", "show", "-p", "Type", "--value", unit)); typ != "notify-reload" {
+		t.Fatalf("systemd %d: Type=%s, want notify-reload", systemd, typ)
+	}
+	reload := func() (string, error) { return c.Exec("systemctl", "reload", unit) }
+	// A good reload blocks until the new generation serves, as with
+	// ExecReload=.
+	deploy("v5", nil)
+	w = watchReload(t, c, unit, reload)
+	t.Logf("Type=notify-reload, good reload: systemctl reload took %s, %v; states %v; status %q", w.took, w.err, w.states, w.status)
+	if w.err != nil {
+		t.Errorf("Type=notify-reload, good reload: %v\n%s", w.err, w.out)
+	}
+	servesOnly("Type=notify-reload, good reload", "v5")
+	w.wantReloading(t, "Type=notify-reload, good reload")
+	// A config that does not load: sockshim sends neither RELOADING=1 nor
+	// READY=1, so the reload fails only at TimeoutStartSec=.
+	deploy("v6", notLoaded.flags, notLoaded.extra...)
+	w = watchReload(t, c, unit, reload)
+	t.Logf("Type=notify-reload, %s: systemctl reload took %s, %v; states %v", notLoaded.what, w.took, w.err, w.states)
+	if w.err == nil || w.took < notifyTimeout {
+		t.Errorf("Type=notify-reload, %s: systemctl reload took %s and returned %v, want a failure at the %s timeout", notLoaded.what, w.took, w.err, notifyTimeout)
+	}
+	servesOnly("Type=notify-reload, "+notLoaded.what, "v5")
+	// A rollback: RELOADING=1, then READY=1 from the old generation. systemd
+	// (257 included) has no message that says the reload failed (ERRNO=
+	// speaks of the whole service), so it reads as success. This is why the
+	// shipped unit keeps Type=notify and the blocking ExecReload=.
+	deploy("v6", rolledBack.flags, rolledBack.extra...)
+	w = watchReload(t, c, unit, reload)
+	t.Logf("Type=notify-reload, %s: systemctl reload took %s, %v; states %v", rolledBack.what, w.took, w.err, w.states)
+	servesOnly("Type=notify-reload, "+rolledBack.what, "v5")
+	if w.err != nil {
+		t.Errorf("systemd %d now fails a rolled-back reload under Type=notify-reload (%v): revisit the unit's Type= (README, units/sockshim@.service)", systemd, w.err)
+	}
+}
+
+// reloadWatch is what watchReload saw of one reload.
+type reloadWatch struct {
+	out    string
+	err    error
+	took   time.Duration
+	states []string // distinct ActiveState/SubState values, in order
+	status string   // the Active: line of `systemctl status` while reloading
+}
+
+// watchReload runs act, which starts a reload of unit and returns once it
+// has ended, while polling the unit's state.
+func watchReload(t *testing.T, c *testenv.Container, unit string, act func() (string, error)) reloadWatch {
+	t.Helper()
+	var (
+		w    reloadWatch
+		mu   sync.Mutex
+		stop = make(chan struct{})
+		done = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		for {
+			st := activeSub(c, unit)
+			mu.Lock()
+			if len(w.states) == 0 || w.states[len(w.states)-1] != st {
+				w.states = append(w.states, st)
+			}
+			needStatus := strings.HasPrefix(st, "reloading/") && w.status == ""
+			mu.Unlock()
+			if needStatus {
+				out, _ := c.Exec("systemctl", "status", "--no-pager", "--lines=0", unit)
+				for _, line := range strings.Split(out, "\n") {
+					if l := strings.TrimSpace(line); strings.HasPrefix(l, "Active:") {
+						mu.Lock()
+						w.status = l
+						mu.Unlock()
+					}
+				}
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	start := time.Now()
+	out, err := act()
+	took := time.Since(start)
+	close(stop)
+	<-done
+	w.out, w.err, w.took = out, err, took
+	return w
+}
+
+// wantReloading fails the test unless the unit was seen reloading, in its
+// state and in `systemctl status`.
+func (w reloadWatch) wantReloading(t *testing.T, what string) {
+	t.Helper()
+	if !slices.ContainsFunc(w.states, func(s string) bool { return strings.HasPrefix(s, "reloading/") }) {
+		t.Errorf("%s: the unit was never seen reloading: %v", what, w.states)
+	}
+	if !strings.Contains(w.status, "reloading") {
+		t.Errorf("%s: systemctl status did not say reloading: %q", what, w.status)
+	}
+}
+
+// activeSub is the unit's "ActiveState/SubState", or the error.
+func activeSub(c *testenv.Container, unit string) string {
+	out, err := c.Exec("systemctl", "show", "-p", "ActiveState", "-p", "SubState", unit)
+	if err != nil {
+		return "error: " + strings.TrimSpace(out)
+	}
+	var active, sub string
+	for _, line := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(line, "ActiveState="); ok {
+			active = v
+		} else if v, ok := strings.CutPrefix(line, "SubState="); ok {
+			sub = v
+		}
+	}
+	return active + "/" + sub
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

@@ -9,29 +9,52 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 )
 
-// rootCache is where the Debian root for install tests is kept between runs
-// (debootstrap takes about a minute); SOCKSHIM_TEST_ROOT_CACHE overrides it.
+// Release is a Debian release the install tests boot.
+type Release struct {
+	Name    string // the suite, as debootstrap takes it
+	Version string // Debian's release number
+}
+
+func (r Release) String() string { return "Debian " + r.Version + " (" + r.Name + ")" }
+
+// Releases are the Debian releases the package tests run on: the previous
+// stable (systemd 252) and the current one (systemd 257).
+var Releases = []Release{{"bookworm", "12"}, {"trixie", "13"}}
+
+// rootCache is the directory that keeps one Debian root per release between
+// runs (a debootstrap takes 30 s to 4 min); SOCKSHIM_TEST_ROOT_CACHE
+// overrides it.
 func rootCache() string {
 	if d := os.Getenv("SOCKSHIM_TEST_ROOT_CACHE"); d != "" {
 		return d
 	}
-	return "/var/cache/sockshim-test/bookworm"
+	return "/var/cache/sockshim-test"
 }
 
+// rootMu serializes the building of roots: two debootstraps at once would
+// only slow each other down.
 var rootMu sync.Mutex
 
-// DebianRoot returns a minimal Debian 12 root with systemd, built once with
-// debootstrap from the machine's own Debian mirror and cached.
-func DebianRoot(t testing.TB) string {
+// debianKeyring verifies every release's Release file: Debian 12's
+// debian-archive-keyring (which apt depends on) holds the key that also
+// signs trixie. Naming it makes debootstrap fail rather than go unverified
+// when it is missing.
+const debianKeyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+// DebianRoot returns a minimal Debian root of release rel with systemd,
+// built once with debootstrap from the machine's own Debian mirror and cached
+// in rootCache()/NAME.
+func DebianRoot(t testing.TB, rel Release) string {
 	t.Helper()
 	rootMu.Lock()
 	defer rootMu.Unlock()
-	root := rootCache()
+	root := filepath.Join(rootCache(), rel.Name)
 	if _, err := os.Stat(filepath.Join(root, "usr/lib/systemd/systemd")); err == nil {
 		return root
 	}
@@ -39,6 +62,9 @@ func DebianRoot(t testing.TB) string {
 		if _, err := exec.LookPath(p); err != nil {
 			t.Fatalf("testenv: %s not found: apt-get install debootstrap systemd-container", p)
 		}
+	}
+	if _, err := os.Stat(debianKeyring); err != nil {
+		t.Fatalf("testenv: %v: apt-get install debian-archive-keyring", err)
 	}
 	mirror, err := debianMirror()
 	if err != nil {
@@ -49,15 +75,17 @@ func DebianRoot(t testing.TB) string {
 	if err := os.MkdirAll(filepath.Dir(root), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("testenv: building a Debian 12 root in %s from %s (cached afterwards)", root, mirror)
-	out, err := exec.Command("debootstrap", "--variant=minbase", "--include=systemd,systemd-sysv,dbus",
-		"bookworm", tmp, mirror).CombinedOutput()
+	t.Logf("testenv: building a %s root in %s from %s (cached afterwards)", rel, root, mirror)
+	start := time.Now()
+	out, err := exec.Command("debootstrap", "--keyring="+debianKeyring, "--variant=minbase",
+		"--include=systemd,systemd-sysv,dbus", rel.Name, tmp, mirror).CombinedOutput()
 	if err != nil {
-		t.Fatalf("testenv: debootstrap: %v\n%s", err, tail(string(out), 40))
+		t.Fatalf("testenv: debootstrap %s: %v\n%s", rel.Name, err, tail(string(out), 40))
 	}
 	if err := os.Rename(tmp, root); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("testenv: debootstrap %s took %s", rel.Name, time.Since(start).Round(time.Second))
 	return root
 }
 
@@ -85,8 +113,8 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// Container is a booted systemd-nspawn container: a full systemd 252 as
-// PID 1 sharing the host's network (so loopback load reaches it).
+// Container is a booted systemd-nspawn container: a full systemd as PID 1
+// sharing the host's network (so loopback load reaches it).
 type Container struct {
 	Root    string // its root directory on the host
 	InitPID int    // host pid of the container's PID 1
@@ -111,6 +139,9 @@ func ScratchRoot(t testing.TB, base string) (dir, root string) {
 	return dir, root
 }
 
+// containers numbers the containers of this process, for unique names.
+var containers atomic.Int64
+
 // BootContainer copies base to a scratch root and boots it. Cleanup halts it
 // and removes the copy.
 func BootContainer(t testing.TB, base string) *Container {
@@ -124,7 +155,7 @@ func BootContainer(t testing.TB, base string) *Container {
 	defer logf.Close()
 	// --register=no --keep-unit: there is no system bus or machined here.
 	c.cmd = exec.Command("systemd-nspawn", "-D", root, "--boot", "--register=no", "--keep-unit", "--console=pipe",
-		"--machine=sockshim-test-"+strconv.Itoa(os.Getpid()))
+		"--machine="+fmt.Sprintf("sockshim-test-%d-%d", os.Getpid(), containers.Add(1)))
 	c.cmd.Stdout, c.cmd.Stderr = logf, logf
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := c.cmd.Start(); err != nil {
@@ -229,4 +260,20 @@ func (c *Container) CopyIn(t testing.TB, src, dst string, mode os.FileMode) {
 		t.Fatal(err)
 	}
 	c.WriteFile(t, dst, b, mode)
+}
+
+// SystemdVersion is the major version of the container's systemd, from
+// `systemctl --version` ("systemd 257 (257.13-1~deb13u1)").
+func (c *Container) SystemdVersion(t testing.TB) int {
+	t.Helper()
+	out := c.MustExec(t, "systemctl", "--version")
+	f := strings.Fields(out)
+	if len(f) < 2 || f[0] != "systemd" {
+		t.Fatalf("testenv: systemctl --version: %q", out)
+	}
+	v, err := strconv.Atoi(f[1])
+	if err != nil {
+		t.Fatalf("testenv: systemctl --version: %q: %v", out, err)
+	}
+	return v
 }
