@@ -5,9 +5,10 @@
 // each reload can serve a new one.
 //
 // On SIGTERM it stops accepting, lets each connection finish the request it
-// is answering, and ends each connection right after an answer (an idle one
-// at once): a gateway sees EOF only between answers. Requests it read but did
-// not start are not answered; the gateway sends them again.
+// is answering (and those it has already read), and ends each connection
+// right after an answer (an idle one at once): a gateway sees EOF only
+// between answers. Requests still in the socket are not answered; the
+// gateway sends them again.
 //
 // With -websocket it also accepts WebSocket clients on the socket named
 // "public" and answers them itself: the naive setup where one reloadable
@@ -257,7 +258,10 @@ func (s *server) handle(c *conn) {
 		c.busy = false
 		draining := s.draining
 		s.mu.Unlock()
-		if draining {
+		// Draining: answer the requests already read (whole lines in our
+		// buffer), then end; what is still in the socket is sent again by
+		// the gateway.
+		if draining && !lineBuffered(br) {
 			break
 		}
 	}
@@ -266,6 +270,11 @@ func (s *server) handle(c *conn) {
 		return
 	}
 	closeAfterAnswers(c)
+}
+
+func lineBuffered(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	return bytes.IndexByte(b, '\n') >= 0
 }
 
 // closeAfterAnswers ends c so that its peer reads every answer, then EOF:
