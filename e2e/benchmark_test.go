@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -17,8 +18,10 @@ import (
 	"time"
 
 	"github.com/sockshim/sockshim/handoff"
+	"github.com/sockshim/sockshim/internal/procfs"
 	"github.com/sockshim/sockshim/testenv"
 	"github.com/sockshim/sockshim/testenv/load"
+	"golang.org/x/sys/unix"
 )
 
 // BenchmarkReport is the benchmark harness: one run measures everything
@@ -103,10 +106,8 @@ func BenchmarkReport(b *testing.B) {
 	r.add("\ndrain=tracked is examples/gracefulhttp; drain=shutdown is `http.Server.Shutdown` alone (see README).\n\n")
 
 	r.add("## sockshim's own cost\n\n| strategy | RSS after %d reloads | CPU time per reload |\n|---|---|---|\n%s\n\n", reloads, strings.Join(r.resources, "\n"))
-	step("trampoline cost")
-	direct1, tramp1 := trampolineCost(b, bb, 300)
-	r.add("| start of `/bin/true` | median | ratio |\n|---|---|---|\n| direct exec | %s | 1.00 |\n| through sockshim's trampoline (1 socket handed over) | %s | %.2f |\n\n",
-		direct1, tramp1, float64(tramp1)/float64(direct1))
+	step("exec costs")
+	r.add("%s\n", execCosts(b, bb, 300))
 
 	step("scale")
 	start, reload := scale(b, bb, 1000, 64)
@@ -217,19 +218,49 @@ func reloadSeries(tb testing.TB, m *testenv.Manager, a *app, unit string, n int,
 	var serving, gone, marks []time.Duration
 	began := time.Now()
 	o.URL, o.RecordSamples = a.url, true
+	// The old generation is sockshim's children before the reload; their
+	// exits are watched through pidfds, so that measuring costs sockshim
+	// nothing (polling its control socket would).
+	sup := status(tb, a.ctl).PID
 	res := underLoad(tb, o, func() {
 		for range n {
+			old, err := procfs.Children(sup)
+			if err != nil {
+				tb.Fatalf("children of sockshim (pid %d): %v", sup, err)
+			}
 			start := time.Now()
 			marks = append(marks, start.Sub(began))
 			m.MustSystemctl(tb, "reload", unit+".service")
 			serving = append(serving, time.Since(start))
-			for len(workerPIDs(status(tb, a.ctl), "draining")) > 0 {
-				time.Sleep(2 * time.Millisecond)
-			}
+			awaitExit(tb, old)
 			gone = append(gone, time.Since(start))
 		}
 	})
 	return res, serving, gone, marks
+}
+
+// awaitExit waits until every process of pids has exited, through pidfds
+// (no polling); a pid already gone counts as exited.
+func awaitExit(tb testing.TB, pids []int) {
+	for _, pid := range pids {
+		fd, err := unix.PidfdOpen(pid, 0)
+		if errors.Is(err, unix.ESRCH) {
+			continue
+		}
+		if err != nil {
+			tb.Fatalf("pidfd_open %d: %v", pid, err)
+		}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			if _, err = unix.Poll(fds, 60_000); !errors.Is(err, unix.EINTR) {
+				break
+			}
+		}
+		unix.Close(fd)
+		if err != nil || fds[0].Revents&unix.POLLIN == 0 {
+			tb.Fatalf("waiting for pid %d to exit: %v (revents %#x)", pid, err, fds[0].Revents)
+		}
+	}
 }
 
 func restartSeries(tb testing.TB, m *testenv.Manager, url, unit string, n int) (*load.Result, []time.Duration) {
@@ -267,30 +298,37 @@ func rssKiB(pid int) int {
 	return 0
 }
 
-// trampolineCost times starting /bin/true directly and through the
-// trampoline with one socket handed over, n times each, interleaved.
-func trampolineCost(tb testing.TB, bb bins, n int) (time.Duration, time.Duration) {
+// execCosts times, n times each and interleaved so drift hits all alike,
+// what starting a process costs on this machine and what sockshim adds: a
+// worker start is the trampoline's start, a recvmsg and the worker's exec.
+// The trampoline's own share is its run minus /bin/true's direct start.
+func execCosts(tb testing.TB, bb bins, n int) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
 	defer ln.Close()
-	f, _ := ln.(*net.TCPListener).File()
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		tb.Fatal(err)
+	}
 	defer f.Close()
-	var direct, tramp []time.Duration
-	for range n {
+	minimal := testenv.Build(tb, "github.com/sockshim/sockshim/testenv/minimalgo")
+	handoffBin := filepath.Join(filepath.Dir(bb.sockshim), handoff.BinaryName)
+	run := func(cmd *exec.Cmd) time.Duration {
 		start := time.Now()
-		if err := exec.Command("/bin/true").Run(); err != nil {
-			tb.Fatal(err)
+		if err := cmd.Run(); err != nil {
+			tb.Fatalf("%s: %v", cmd, err)
 		}
-		direct = append(direct, time.Since(start))
-
-		start = time.Now()
+		return time.Since(start)
+	}
+	through := func(trampoline string) time.Duration {
+		start := time.Now()
 		parent, child, err := handoff.Pair()
 		if err != nil {
 			tb.Fatal(err)
 		}
-		cmd := exec.Command(bb.sockshim, handoff.TrampolineArg, "--", "/bin/true")
+		cmd := exec.Command(trampoline, handoff.TrampolineArg, "--", "/bin/true")
 		cmd.ExtraFiles = []*os.File{child}
 		if err := cmd.Start(); err != nil {
 			tb.Fatal(err)
@@ -301,13 +339,42 @@ func trampolineCost(tb testing.TB, bb bins, n int) (time.Duration, time.Duration
 		}
 		parent.Close()
 		if err := cmd.Wait(); err != nil {
-			tb.Fatal(err)
+			tb.Fatalf("%s: %v", cmd, err)
 		}
-		tramp = append(tramp, time.Since(start))
+		return time.Since(start)
 	}
-	slices.Sort(direct)
-	slices.Sort(tramp)
-	return direct[n/2].Round(10 * time.Microsecond), tramp[n/2].Round(10 * time.Microsecond)
+	rows := []struct {
+		what string
+		time func() time.Duration
+		d    []time.Duration
+	}{
+		{what: "`/bin/true`", time: func() time.Duration { return run(exec.Command("/bin/true")) }},
+		{what: "a minimal Go program (`func main() {}`)", time: func() time.Duration { return run(exec.Command(minimal)) }},
+		{what: "`sockshim version`", time: func() time.Duration { return run(exec.Command(bb.sockshim, "version")) }},
+		{what: "`/bin/true` through " + handoff.BinaryName + ", 1 socket handed over", time: func() time.Duration { return through(handoffBin) }},
+		{what: "`/bin/true` through sockshim's own binary as trampoline, 1 socket", time: func() time.Duration { return through(bb.sockshim) }},
+	}
+	for range n {
+		for i := range rows {
+			rows[i].d = append(rows[i].d, rows[i].time())
+		}
+	}
+	med := make([]time.Duration, len(rows))
+	for i := range rows {
+		slices.Sort(rows[i].d)
+		med[i] = rows[i].d[n/2]
+	}
+	round := func(d time.Duration) time.Duration { return d.Round(10 * time.Microsecond) }
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "## Exec costs (median of %d, interleaved)\n\n| start and exit of | median | ratio to `/bin/true` |\n|---|---|---|\n", n)
+	for i, r := range rows {
+		fmt.Fprintf(&sb, "| %s | %s | %.2f |\n", r.what, round(med[i]), float64(med[i])/float64(med[0]))
+	}
+	share := func(i int) time.Duration { return med[i] - med[0] }
+	fmt.Fprintf(&sb, "\n| what a worker start adds to its own exec | time | ratio to the minimal Go program |\n|---|---|---|\n")
+	fmt.Fprintf(&sb, "| **%s** | %s | **%.2f** |\n", handoff.BinaryName, round(share(3)), float64(share(3))/float64(med[1]))
+	fmt.Fprintf(&sb, "| sockshim's own binary (before %s; still the fallback when it is not installed) | %s | %.2f |\n", handoff.BinaryName, round(share(4)), float64(share(4))/float64(med[1]))
+	return sb.String()
 }
 
 // scale starts a standalone sockshim with sockets [[listen]] entries and

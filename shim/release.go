@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sockshim/sockshim/handoff"
+	"github.com/sockshim/sockshim/internal/cgroup"
 	"github.com/sockshim/sockshim/internal/procfs"
 	"golang.org/x/sys/unix"
 )
@@ -20,7 +21,7 @@ import (
 const (
 	releaseTimeout = 2 * time.Second
 	// Polls start fast, since a worker usually lets go within milliseconds,
-	// and slow down, since each one reads /proc/*/stat of the whole host.
+	// and slow down, since each one reads /proc (see groupMembers).
 	releaseFirstPoll = 2 * time.Millisecond
 	releaseMaxPoll   = 100 * time.Millisecond
 )
@@ -48,13 +49,13 @@ func socketIDs(socks []handoff.Socket) (map[string]bool, error) {
 	return ids, nil
 }
 
-// awaitRelease waits until no process in the process groups pgids (the
-// draining workers and their children) holds one of the listening sockets,
-// or until timeout. It returns the pids still holding one.
-func awaitRelease(pgids []int, sockets map[string]bool, timeout time.Duration) []int {
+// awaitRelease waits until none of the processes members returns (the
+// draining workers and what they started) holds one of the listening
+// sockets, or until timeout. It returns the pids still holding one.
+func awaitRelease(members func() []int, sockets map[string]bool, timeout time.Duration) []int {
 	deadline := time.Now().Add(timeout)
 	for poll := releaseFirstPoll; ; poll = min(2*poll, releaseMaxPoll) {
-		held := holders(pgids, sockets)
+		held := holders(members(), sockets)
 		if len(held) == 0 || time.Now().After(deadline) {
 			return held
 		}
@@ -62,19 +63,10 @@ func awaitRelease(pgids []int, sockets map[string]bool, timeout time.Duration) [
 	}
 }
 
-// holders lists the processes of the process groups pgids that have one of
-// the sockets open.
-func holders(pgids []int, sockets map[string]bool) []int {
-	pids, err := procfs.PIDs()
-	if err != nil {
-		return nil
-	}
+// holders lists the processes of pids that have one of the sockets open.
+func holders(pids []int, sockets map[string]bool) []int {
 	var out []int
 	for _, pid := range pids {
-		st, err := procfs.ReadStat(pid)
-		if err != nil || st.State == 'Z' || !slices.Contains(pgids, st.PGID) {
-			continue
-		}
 		fds, err := procfs.FDs(pid)
 		if err != nil {
 			continue // gone, or not ours to inspect
@@ -84,6 +76,36 @@ func holders(pgids []int, sockets map[string]bool) []int {
 				out = append(out, pid)
 				break
 			}
+		}
+	}
+	return out
+}
+
+// cgroupMembers lists the processes of the cgroups dirs, each a worker's
+// own: everything it started, however it detached. A cgroup already removed
+// has no members.
+func cgroupMembers(dirs []string) []int {
+	var out []int
+	for _, dir := range dirs {
+		pids, _ := cgroup.Procs(dir)
+		out = append(out, pids...)
+	}
+	return out
+}
+
+// groupMembers lists the live processes of the process groups pgids, for
+// workers without a cgroup of their own. It reads /proc/*/stat of the whole
+// host, which is why the cgroup way is preferred.
+func groupMembers(pgids []int) []int {
+	pids, err := procfs.PIDs()
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, pid := range pids {
+		st, err := procfs.ReadStat(pid)
+		if err == nil && st.State != 'Z' && slices.Contains(pgids, st.PGID) {
+			out = append(out, pid)
 		}
 	}
 	return out

@@ -53,7 +53,7 @@ func TestAwaitRelease(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for len(held) < 2 && time.Now().Before(deadline) {
 		// The shell forks its background child a moment after it starts.
-		held = holders([]int{pgid}, ids)
+		held = holders(groupMembers([]int{pgid}), ids)
 		time.Sleep(10 * time.Millisecond)
 	}
 	if len(held) != 2 || !slices.Contains(held, pgid) {
@@ -63,12 +63,13 @@ func TestAwaitRelease(t *testing.T) {
 		t.Errorf("a process of another group counted: %v", held)
 	}
 
-	if got := awaitRelease([]int{pgid}, ids, 50*time.Millisecond); len(got) != 2 {
+	members := func() []int { return groupMembers([]int{pgid}) }
+	if got := awaitRelease(members, ids, 50*time.Millisecond); len(got) != 2 {
 		t.Errorf("awaitRelease with holders left returned %v", got)
 	}
 	syscall.Kill(-pgid, syscall.SIGKILL)
 	start := time.Now()
-	if got := awaitRelease([]int{pgid}, ids, 5*time.Second); len(got) != 0 {
+	if got := awaitRelease(members, ids, 5*time.Second); len(got) != 0 {
 		t.Errorf("awaitRelease after the group died returned %v", got)
 	}
 	if took := time.Since(start); took > 2*time.Second {

@@ -346,23 +346,33 @@ func (s *Supervisor) apply(e core.Effect) {
 	}
 }
 
-// awaitRelease waits, off Run's goroutine, until the draining workers'
-// process groups no longer hold a listening socket (see release.go).
+// awaitRelease waits, off Run's goroutine, until the draining workers and
+// everything they started no longer hold a listening socket (see
+// release.go): the members of their cgroups, or of their process groups
+// when they have no cgroup of their own.
 func (s *Supervisor) awaitRelease(e core.AwaitRelease) {
 	var pgids []int
+	var dirs []string
 	for _, id := range e.Workers {
 		if p := s.procs[id]; p != nil {
 			pgids = append(pgids, p.pid)
+			if p.cg != nil {
+				dirs = append(dirs, p.cg.Dir)
+			}
 		}
 	}
 	if len(pgids) == 0 || s.socketIDs == nil {
 		s.queue = append(s.queue, core.Released{Gen: e.Gen})
 		return
 	}
+	members := func() []int { return groupMembers(pgids) }
+	if len(dirs) == len(pgids) {
+		members = func() []int { return cgroupMembers(dirs) }
+	}
 	ids := s.socketIDs
 	go func() {
 		start := time.Now()
-		held := awaitRelease(pgids, ids, releaseTimeout)
+		held := awaitRelease(members, ids, releaseTimeout)
 		s.post(core.Released{Gen: e.Gen, Held: held, Took: time.Since(start)})
 	}()
 }
