@@ -266,6 +266,11 @@ func testPackageInstall(t *testing.T, rel testenv.Release) {
 	c.WriteFile(t, "/etc/systemd/system/sockshim@tw.socket.d/listen.conf",
 		[]byte(fmt.Sprintf("[Socket]\nListenStream=127.0.0.1:%d\n", port)), 0o644)
 	c.MustExec(t, "systemctl", "daemon-reload")
+	// TestPackagesLint verifies the units with the host's systemd, man pages
+	// included; this is the release's own (minbase has no man).
+	if out, err := c.Exec("systemd-analyze", "verify", "--man=no", "sockshim@tw.socket", "sockshim@tw.service"); err != nil || strings.TrimSpace(out) != "" {
+		t.Errorf("systemd-analyze verify in %s: %v\n%s", rel, err, out)
+	}
 	c.MustExec(t, "systemctl", "enable", "--now", "sockshim@tw.socket")
 	if state, _ := c.Exec("systemctl", "is-active", "sockshim@tw.service"); strings.TrimSpace(state) != "inactive" {
 		t.Errorf("service %q before the first request, want inactive", strings.TrimSpace(state))
