@@ -96,5 +96,21 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 				readyAfter, w.Uptime.Round(time.Second), w.Restarts, cpu, mem, strings.ReplaceAll(w.Status, "\t", " "))
 		}
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	// Groups that a reload signals instead of replacing.
+	sep := "\n"
+	for _, g := range st.Groups {
+		if g.ReloadSignal == "" {
+			continue
+		}
+		sent := "not sent yet"
+		if !g.LastReloadSignal.IsZero() {
+			sent = fmt.Sprintf("sent on %d reloads, last %s ago", g.ReloadSignalsSent, time.Since(g.LastReloadSignal).Round(time.Second))
+		}
+		fmt.Fprintf(stdout, "%s%s: reload_signal %s %s\n", sep, g.Name, g.ReloadSignal, sent)
+		sep = ""
+	}
+	return nil
 }

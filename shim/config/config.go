@@ -72,6 +72,7 @@ type Worker struct {
 	Surge        int               // surge = 1 (default): rolling only; 0 = stop one old first
 	MaxDraining  int               // max_draining = 2 (default): draining generations kept before the oldest is killed
 	StopSignal   syscall.Signal    // stop_signal = "SIGTERM" (default)
+	ReloadSignal syscall.Signal    // reload_signal = "SIGHUP": sent after each successful reload; reloadable = false only; default 0, none
 	DrainTimeout time.Duration     // drain_timeout = "30s" (default), then SIGKILL
 	Reloadable   bool              // reloadable = true (default)
 	User         string            // user = "myapp": drop privileges (sockshim must run as root)

@@ -32,8 +32,8 @@ func TestFullExample(t *testing.T) {
 		}, {
 			Name: "ws", Command: []string{"/usr/bin/myapp", "--websocket"}, Count: 1, Sockets: []string{"admin"},
 			Ready: ReadyNotify, ReadyDelay: DefaultReadyDelay, ReadyTimeout: DefaultReadyTimeout, Strategy: StrategyRolling,
-			Surge: DefaultSurge, MaxDraining: DefaultMaxDraining, StopSignal: syscall.SIGINT, DrainTimeout: DefaultDrainTimeout,
-			Reloadable: false,
+			Surge: DefaultSurge, MaxDraining: DefaultMaxDraining, StopSignal: syscall.SIGINT, ReloadSignal: syscall.SIGHUP,
+			DrainTimeout: DefaultDrainTimeout, Reloadable: false,
 		}},
 		Control: Control{Socket: "/run/sockshim/myapp.sock"},
 	}
@@ -72,6 +72,10 @@ func TestErrors(t *testing.T) {
 		{"zero duration", w + "drain_timeout = \"0s\"\n", `app.toml:3: worker[0].drain_timeout: "0s" must be positive`},
 		{"unknown signal", w + "stop_signal = \"SIGFOO\"\n", `app.toml:3: worker[0].stop_signal: SIGFOO is not a signal name`},
 		{"uncatchable signal", w + "stop_signal = \"KILL\"\n", `app.toml:3: worker[0].stop_signal: SIGKILL cannot be caught`},
+		{"reload signal on a reloadable group", w + "reload_signal = \"SIGHUP\"\n", `app.toml:3: worker[0].reload_signal: is only for groups with reloadable = false`},
+		{"reload signal is the stop signal", w + "reloadable = false\nstop_signal = \"HUP\"\nreload_signal = \"SIGHUP\"\n", `app.toml:5: worker[0].reload_signal: SIGHUP is also the stop_signal`},
+		{"uncatchable reload signal", w + "reloadable = false\nreload_signal = \"SIGSTOP\"\n", `app.toml:4: worker[0].reload_signal: SIGSTOP cannot be caught, so a worker could never act on it`},
+		{"unknown reload signal", w + "reloadable = false\nreload_signal = \"SIGRELOAD\"\n", `app.toml:4: worker[0].reload_signal: SIGRELOAD is not a signal name`},
 		{"bad ready", w + "ready = \"maybe\"\n", `app.toml:3: worker[0].ready: "maybe" is not one of notify, delay, command`},
 		{"bad strategy", w + "strategy = \"yolo\"\n", `app.toml:3: worker[0].strategy: "yolo" is not one of rolling, parallel`},
 		{"count zero", w + "count = 0\n", `app.toml:3: worker[0].count: 0 is not between 1 and 4096`},

@@ -72,7 +72,7 @@ func bareKey(k string) bool {
 var (
 	topKeys     = []string{"listen", "worker", "control"}
 	listenKeys  = []string{"name", "address", "mode", "backlog"}
-	workerKeys  = []string{"name", "command", "count", "sockets", "ready", "ready_delay", "ready_command", "ready_timeout", "strategy", "surge", "max_draining", "stop_signal", "drain_timeout", "reloadable", "user", "group", "env", "dir"}
+	workerKeys  = []string{"name", "command", "count", "sockets", "ready", "ready_delay", "ready_command", "ready_timeout", "strategy", "surge", "max_draining", "stop_signal", "reload_signal", "drain_timeout", "reloadable", "user", "group", "env", "dir"}
 	controlKeys = []string{"socket"}
 )
 
@@ -277,6 +277,7 @@ func (r *reader) worker(path string, t map[string]any, groups int) Worker {
 		Surge:        r.int(path+".surge", t, "surge", DefaultSurge),
 		MaxDraining:  r.int(path+".max_draining", t, "max_draining", DefaultMaxDraining),
 		StopSignal:   r.signal(path+".stop_signal", t, "stop_signal", syscall.SIGTERM),
+		ReloadSignal: r.signal(path+".reload_signal", t, "reload_signal", 0),
 		DrainTimeout: r.duration(path+".drain_timeout", t, "drain_timeout", DefaultDrainTimeout),
 		Reloadable:   r.bool(path+".reloadable", t, "reloadable", true),
 		User:         r.str(path+".user", t, "user", ""),
@@ -325,6 +326,14 @@ func (r *reader) worker(path string, t map[string]any, groups int) Worker {
 	}
 	if g.MaxDraining < 1 {
 		r.errorf(path+".max_draining", "must be at least 1")
+	}
+	if g.ReloadSignal != 0 {
+		switch {
+		case g.Reloadable:
+			r.errorf(path+".reload_signal", "is only for groups with reloadable = false: a reload replaces the workers of this group instead of signalling them")
+		case g.ReloadSignal == g.StopSignal:
+			r.errorf(path+".reload_signal", "%s is also the stop_signal: a worker could not tell a reload from a stop", unix.SignalName(g.ReloadSignal))
+		}
 	}
 	if g.User != "" {
 		if _, _, err := lookupUser(g.User); err != nil {
@@ -606,7 +615,11 @@ func (r *reader) signal(path string, t map[string]any, key string, def syscall.S
 		return def
 	}
 	if sig == syscall.SIGKILL || sig == syscall.SIGSTOP {
-		r.errorf(path, "%s cannot be caught, so a worker could never drain; use drain_timeout for the kill", unix.SignalName(sig))
+		if key == "stop_signal" {
+			r.errorf(path, "%s cannot be caught, so a worker could never drain; use drain_timeout for the kill", unix.SignalName(sig))
+		} else {
+			r.errorf(path, "%s cannot be caught, so a worker could never act on it", unix.SignalName(sig))
+		}
 		return def
 	}
 	return sig

@@ -38,10 +38,16 @@ type Status struct {
 
 // GroupStatus describes one [[worker]] group.
 type GroupStatus struct {
-	Name       string         `json:"name"`
-	Count      int            `json:"count"`
-	Reloadable bool           `json:"reloadable"`
-	Workers    []WorkerStatus `json:"workers"`
+	Name       string `json:"name"`
+	Count      int    `json:"count"`
+	Reloadable bool   `json:"reloadable"`
+	// reload_signal (reloadable = false groups only): its name, the number
+	// of successful reloads that sent it to the group's workers, and when
+	// the last one did.
+	ReloadSignal      string         `json:"reload_signal,omitempty"`
+	ReloadSignalsSent int            `json:"reload_signals_sent,omitempty"`
+	LastReloadSignal  time.Time      `json:"last_reload_signal,omitzero"`
+	Workers           []WorkerStatus `json:"workers"`
 }
 
 // WorkerStatus describes one worker process.

@@ -76,6 +76,10 @@ func (c *checker) step(now time.Time, ev Event) string {
 			c.wasReady[w.id] = true
 		}
 	}
+	// A reload that ended in this step with success, not by a stop.
+	succeeded := reloadBefore != nil && m.reload != reloadBefore && !m.stopping &&
+		reloadBefore.result != nil && reloadBefore.result.Err == nil
+	reloadSignalled := map[WorkerID]bool{}
 	for _, e := range c.effects {
 		switch e := e.(type) {
 		case Start:
@@ -87,6 +91,16 @@ func (c *checker) step(now time.Time, ev Event) string {
 			id := workerOf(e)
 			if !c.started[id] {
 				return fmt.Sprintf("signal to a worker not running: %s", e)
+			}
+			// drain marks a worker Draining before it signals it: any
+			// other Signal is a reload_signal.
+			if s, ok := e.(Signal); ok {
+				if w := c.find(id); w != nil && w.state != Draining {
+					if msg := c.checkReloadSignal(w, s, serving[id], succeeded, reloadBefore, reloadSignalled); msg != "" {
+						return msg
+					}
+					continue
+				}
 			}
 			c.stopped[id] = true
 			if msg := c.checkStopOfServing(id, serving[id], e); msg != "" {
@@ -105,6 +119,17 @@ func (c *checker) step(now time.Time, ev Event) string {
 				if msg := c.checkReady(reloadBefore); msg != "" {
 					return msg
 				}
+			}
+		}
+	}
+	if succeeded {
+		// Every worker that served before the reload in a group it signals
+		// got its reload_signal.
+		for _, w := range m.workers {
+			g := w.group
+			if serving[w.id] && w.role == inSlot && w.state == Ready && !g.cfg.Reloadable && g.cfg.ReloadSignal != 0 &&
+				w.gen < reloadBefore.gen && !reloadSignalled[w.id] {
+				return fmt.Sprintf("reload to gen %d succeeded but w%d (%s, gen %d) got no reload_signal", reloadBefore.gen, w.id, w, w.gen)
 			}
 		}
 	}
@@ -149,6 +174,28 @@ func (c *checker) checkStopOfServing(id WorkerID, wasServing bool, e Effect) str
 		}
 	}
 	return fmt.Sprintf("ready worker w%d (gen %d) signalled while no newer generation of %s is ready", id, w.gen, w.group.cfg.Name)
+}
+
+// checkReloadSignal: a signal that does not drain its worker is the
+// group's reload_signal, sent once to each serving worker of a group with
+// reloadable = false, older than the reload, in the step that ends that
+// reload with success; never on a failed or aborted reload.
+func (c *checker) checkReloadSignal(w *worker, e Signal, wasServing, succeeded bool, r *reloadRun, sent map[WorkerID]bool) string {
+	g := w.group
+	switch {
+	case !succeeded:
+		return fmt.Sprintf("%s to w%d, which it does not drain, outside the success of a reload", e, w.id)
+	case g.cfg.Reloadable || e.Signal != g.cfg.ReloadSignal:
+		return fmt.Sprintf("%s to w%d, which it does not drain, is not the reload_signal of non-reloadable group %s", e, w.id, g.cfg.Name)
+	case !wasServing || w.role != inSlot || w.state != Ready:
+		return fmt.Sprintf("reload_signal to w%d, which was not serving in its slot", w.id)
+	case w.gen >= r.gen:
+		return fmt.Sprintf("reload_signal to w%d (gen %d), which the reload to gen %d started", w.id, w.gen, r.gen)
+	case sent[w.id]:
+		return fmt.Sprintf("reload_signal sent twice to w%d in one reload", w.id)
+	}
+	sent[w.id] = true
+	return ""
 }
 
 // find looks a worker up among the live ones and, for one reaped in this

@@ -9,6 +9,7 @@ import (
 
 	"github.com/sockshim/sockshim/shim/config"
 	"github.com/sockshim/sockshim/shim/notify"
+	"golang.org/x/sys/unix"
 )
 
 // Machine is the supervisor's state and rules. It is not safe for
@@ -310,11 +311,20 @@ func (m *Machine) slotLost(w *worker, prev State, status string) {
 		attrs = append(attrs, "status", status, "ran", m.now.Sub(w.started).Round(time.Millisecond))
 	}
 	attrs = append(attrs, "restart_in", d, "consecutive_failures", sl.failures)
+	// A worker's exit soon after a reload_signal may be its doing.
+	var sinceSignal string
+	if w.reloadSignal != 0 && status != "" {
+		sinceSignal = fmt.Sprintf("%s sent %s before", unix.SignalName(w.reloadSignal), m.now.Sub(w.reloadSignalAt).Round(time.Millisecond))
+	}
 	switch {
 	case w.killed != "":
 		attrs = append(attrs, "reason", w.killed)
+	case sinceSignal != "" && status == "signal: "+w.reloadSignal.String():
+		attrs = append(attrs, "reason", "killed by its reload_signal "+sinceSignal+": the worker does not handle it")
 	case prev != Ready:
 		attrs = append(attrs, "reason", w.failure)
+	case sinceSignal != "":
+		attrs = append(attrs, "after_reload_signal", sinceSignal)
 	}
 	if prev != Ready && len(w.tail) > 0 {
 		attrs = append(attrs, "stderr_tail", w.tail)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sockshim/sockshim/shim/config"
+	"golang.org/x/sys/unix"
 )
 
 // A reload replaces the workers of every reloadable group with a new
@@ -409,6 +410,11 @@ func (m *Machine) onReleased(ev Released) {
 // over, and starts the reload that requests made meanwhile wait for.
 func (m *Machine) complete(r *reloadRun) {
 	m.reload = nil
+	if r.result.Err == nil {
+		if sent := m.sendReloadSignals(r.gen); len(sent) > 0 {
+			r.result.Message += " (reload_signal sent: " + strings.Join(sent, "; ") + ")"
+		}
+	}
 	if m.readySent || m.allReady() {
 		m.readySent = true
 		m.notify("READY=1", "STATUS="+m.statusLine())
@@ -418,6 +424,46 @@ func (m *Machine) complete(r *reloadRun) {
 		m.emit(Answer{Waiter: w, Message: r.result.Message, Err: r.result.Err})
 	}
 	m.startPending()
+}
+
+// sendReloadSignals tells the groups that a reload does not replace
+// (reloadable = false) that reload gen succeeded: reload_signal to each of
+// their ready workers that predate it. A worker still starting is not
+// signalled: it was exec'd during the reload and may not handle the signal
+// yet. It returns one "group: SIGNAL to N workers" per group signalled.
+func (m *Machine) sendReloadSignals(gen int) []string {
+	var sent []string
+	for _, g := range m.groups {
+		sig := g.cfg.ReloadSignal
+		if g.cfg.Reloadable || sig == 0 {
+			continue
+		}
+		n := 0
+		for _, sl := range g.slots {
+			w := sl.cur
+			if w == nil || w.state != Ready || w.gen >= gen {
+				continue
+			}
+			w.reloadSignal, w.reloadSignalAt = sig, m.now
+			m.emit(Signal{Worker: w.id, Signal: sig})
+			n++
+		}
+		if n == 0 {
+			continue
+		}
+		g.reloadSignals++
+		g.lastReloadSignal = m.now
+		m.log(slog.LevelInfo, "reload_signal sent", "group", g.cfg.Name, "signal", unix.SignalName(sig), "workers", n, "generation", gen)
+		sent = append(sent, fmt.Sprintf("%s: %s to %d worker%s", g.cfg.Name, unix.SignalName(sig), n, plural(n)))
+	}
+	return sent
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
 }
 
 func (m *Machine) startPending() {

@@ -97,7 +97,7 @@ func (v *violation) report() string {
 func configString(cfg *config.Config) string {
 	var gs []string
 	for _, w := range cfg.Workers {
-		gs = append(gs, fmt.Sprintf("%s×%d %s surge=%d ready=%s reloadable=%v", w.Name, w.Count, w.Strategy, w.Surge, w.Ready, w.Reloadable))
+		gs = append(gs, fmt.Sprintf("%s×%d %s surge=%d ready=%s reloadable=%v reload_signal=%d", w.Name, w.Count, w.Strategy, w.Surge, w.Ready, w.Reloadable, w.ReloadSignal))
 	}
 	return "{" + strings.Join(gs, "; ") + "}"
 }
@@ -194,6 +194,7 @@ type world struct {
 
 type simProc struct {
 	signalled, killed, probing, stubborn bool
+	reloadSignalled                      bool // got a reload_signal: it may die of it
 	readyMode                            config.ReadyMode
 }
 
@@ -214,6 +215,9 @@ func randomConfig(rng *rand.Rand) *config.Config {
 		}
 		if w.Ready == config.ReadyCommand {
 			w.ReadyCommand = []string{"probe"}
+		}
+		if !w.Reloadable && rng.IntN(2) == 0 {
+			w.ReloadSignal = syscall.SIGHUP
 		}
 		cfg.Workers = append(cfg.Workers, w)
 	}
@@ -376,7 +380,13 @@ func (w *world) react(ev Event, effects []Effect) {
 			}
 		case Signal:
 			if p := w.procs[e.Worker]; p != nil {
-				p.signalled = true
+				// randomConfig's stop_signal is SIGTERM; a reload_signal
+				// (SIGHUP) does not ask the worker to exit.
+				if e.Signal == syscall.SIGHUP {
+					p.reloadSignalled = true
+				} else {
+					p.signalled = true
+				}
 			}
 		case Kill:
 			if p := w.procs[e.Worker]; p != nil {
@@ -430,6 +440,9 @@ func (w *world) randomEvent(settling bool) Event {
 				break
 			}
 			status := []string{"exit status 0", "exit status 1", "signal: killed"}[rng.IntN(3)]
+			if p.reloadSignalled && rng.IntN(2) == 0 {
+				status = "signal: hangup"
+			}
 			return Exited{Worker: id, Status: status}
 		case k < 8: // READY=1, whatever the worker's ready mode
 			if id, p := pick(); p != nil && !settling {

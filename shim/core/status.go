@@ -9,6 +9,7 @@ import (
 	"unicode"
 
 	"github.com/sockshim/sockshim/shim/control"
+	"golang.org/x/sys/unix"
 )
 
 // maxWorkerStatus bounds a worker's STATUS= text as sockshim keeps and
@@ -105,7 +106,11 @@ func (m *Machine) Status(now time.Time) control.Status {
 		gs.Workers = append(gs.Workers, ws)
 	}
 	for _, g := range slices.Concat(m.groups, m.retired) {
-		gs := control.GroupStatus{Name: g.cfg.Name, Count: len(g.slots), Reloadable: g.cfg.Reloadable}
+		gs := control.GroupStatus{Name: g.cfg.Name, Count: len(g.slots), Reloadable: g.cfg.Reloadable,
+			ReloadSignalsSent: g.reloadSignals, LastReloadSignal: g.lastReloadSignal}
+		if g.cfg.ReloadSignal != 0 {
+			gs.ReloadSignal = unix.SignalName(g.cfg.ReloadSignal)
+		}
 		for _, sl := range g.slots {
 			if sl.cur != nil {
 				add(&gs, sl.cur, sl.restarts)

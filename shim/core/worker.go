@@ -2,6 +2,7 @@ package core
 
 import (
 	"fmt"
+	"syscall"
 	"time"
 
 	"github.com/sockshim/sockshim/shim/config"
@@ -57,6 +58,11 @@ type worker struct {
 	failure string   // why it failed, for the reload's answer
 	tail    []string // its last stderr lines
 	status  string   // its own last STATUS=, made printable
+
+	// The last reload_signal sent to it, so that its exit can be told
+	// apart from an unrelated crash.
+	reloadSignal   syscall.Signal
+	reloadSignalAt time.Time
 }
 
 func (w *worker) String() string { return fmt.Sprintf("%s[%d]", w.cfg.Name, w.slot) }
@@ -67,6 +73,9 @@ type group struct {
 	gen     int           // generation new workers of its slots get
 	slots   []*slot       // index is the worker's slot
 	rollout *rollout      // while a reload replaces its workers
+
+	reloadSignals    int       // reloads that sent reload_signal to its workers
+	lastReloadSignal time.Time // when the last one did
 }
 
 // slot is one worker id of a group: the worker filling it and the crash-loop
