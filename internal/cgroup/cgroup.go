@@ -241,24 +241,31 @@ func (g *Group) Populated() (bool, error) {
 // empty and removes it. A cgroup that is already gone is no error.
 func (g *Group) Remove(timeout time.Duration) error {
 	g.Close()
-	if err := g.Kill(); errors.Is(err, os.ErrNotExist) {
+	// A worker that exited on its own usually left nothing behind: then
+	// there is nothing to kill and no reason to write cgroup.kill.
+	busy, err := g.Populated()
+	if errors.Is(err, os.ErrNotExist) {
 		return nil
-	} else if err != nil {
+	}
+	if err != nil {
 		return err
 	}
-	deadline := time.Now().Add(timeout)
-	for {
-		busy, err := g.Populated()
-		if err != nil {
+	if busy {
+		if err := g.Kill(); errors.Is(err, os.ErrNotExist) {
+			return nil
+		} else if err != nil {
 			return err
 		}
-		if !busy {
-			break
-		}
+	}
+	deadline := time.Now().Add(timeout)
+	for busy {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("cgroup %s still populated %s after cgroup.kill", g.Dir, timeout)
 		}
 		time.Sleep(5 * time.Millisecond)
+		if busy, err = g.Populated(); err != nil {
+			return err
+		}
 	}
 	if err := unix.Rmdir(g.Dir); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("removing cgroup %s: %w", g.Dir, err)

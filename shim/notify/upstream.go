@@ -3,12 +3,11 @@ package notify
 import (
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/coreos/go-systemd/v22/daemon"
 )
 
 // Upstream reports sockshim's own state to the service manager named by
@@ -36,13 +35,37 @@ type Upstream struct {
 // NewUpstream captures whether sockshim runs under a notify-aware manager.
 // The environment is left as it is; workers get theirs rebuilt explicitly.
 func NewUpstream(log *slog.Logger) *Upstream {
-	return &Upstream{
-		enabled: os.Getenv("NOTIFY_SOCKET") != "",
-		send: func(state string) error {
-			_, err := daemon.SdNotify(false, state)
+	addr := os.Getenv("NOTIFY_SOCKET")
+	conn := &managerConn{addr: &net.UnixAddr{Name: addr, Net: "unixgram"}}
+	return &Upstream{enabled: addr != "", send: conn.send, log: log}
+}
+
+// managerConn is a datagram socket connected to the manager's notify
+// socket once and kept: sd_notify(3)'s way, a socket, connect and close per
+// message, cost sockshim more CPU than anything else it does per reload but
+// starting workers. Only the sender goroutine uses it. A send that fails is
+// retried once on a fresh socket, because the manager may have re-created
+// its socket (daemon-reexec) since the last one.
+type managerConn struct {
+	addr *net.UnixAddr // "@name" is an abstract address
+	c    *net.UnixConn
+}
+
+func (m *managerConn) send(state string) error {
+	for attempt := 0; ; attempt++ {
+		if m.c == nil {
+			c, err := net.DialUnix("unixgram", nil, m.addr)
+			if err != nil {
+				return err
+			}
+			m.c = c
+		}
+		_, err := m.c.Write([]byte(state))
+		if err == nil || attempt > 0 {
 			return err
-		},
-		log: log,
+		}
+		m.c.Close()
+		m.c = nil
 	}
 }
 

@@ -116,3 +116,43 @@ func TestMerge(t *testing.T) {
 		t.Fatal("progressOnly misclassifies")
 	}
 }
+
+// TestUpstreamReconnects: the socket to the manager is kept between
+// messages, and when the manager re-creates its notify socket (as
+// daemon-reexec does), the next message still arrives, on a new socket.
+func TestUpstreamReconnects(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	listen := func() *net.UnixConn {
+		conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return conn
+	}
+	read := func(conn *net.UnixConn) string {
+		buf := make([]byte, 512)
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("reading the notify socket: %v", err)
+		}
+		return string(buf[:n])
+	}
+	t.Setenv("NOTIFY_SOCKET", path)
+	u := NewUpstream(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	first := listen()
+	for _, msg := range []string{"STATUS=one", "READY=1"} {
+		u.Send(msg)
+		if got := read(first); got != msg {
+			t.Fatalf("got %q, want %q", got, msg)
+		}
+	}
+	first.Close()
+	os.Remove(path)
+	second := listen()
+	defer second.Close()
+	u.Send("RELOADING=1")
+	if got := read(second); got != "RELOADING=1" {
+		t.Fatalf("after the socket was re-created: got %q, want RELOADING=1", got)
+	}
+}

@@ -57,6 +57,7 @@ type Result struct {
 	P50, P99    time.Duration
 	Max         time.Duration
 	LongestGap  time.Duration // longest time without a successful answer
+	Began       time.Time     // when the run started; Sample.Start counts from here
 	Elapsed     time.Duration
 	Samples     []Sample
 	// Examples holds one error message per failure kind, for diagnosis.
@@ -372,7 +373,7 @@ func (r *runner) merge(ts []*tally) *Result {
 		lat = append(lat, t.lat...)
 		res.Samples = append(res.Samples, t.samples...)
 	}
-	res.Elapsed = time.Since(r.start)
+	res.Began, res.Elapsed = r.start, time.Since(r.start)
 	slices.Sort(lat)
 	if n := len(lat); n > 0 {
 		res.P50 = lat[n/2]
