@@ -13,13 +13,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The test binary doubles as the trampoline, the way sockshim runs it.
-func TestMain(m *testing.M) {
-	if len(os.Args) > 2 && os.Args[1] == TrampolineArg {
-		err := Trampoline(os.Args[3:])
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(127)
+// The test binary doubles as the trampoline, the way sockshim runs it: from
+// an init, on the main thread.
+func init() {
+	if len(os.Args) > 1 && os.Args[1] == TrampolineArg {
+		Main(os.Args[2:])
 	}
+}
+
+func TestMain(m *testing.M) {
 	raiseNoFile()
 	os.Exit(m.Run())
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -24,21 +23,6 @@ const HandoffFD = 3
 // listenFDsStart is SD_LISTEN_FDS_START.
 const listenFDsStart = 3
 
-// parent is sockshim's pid as the trampoline first saw it.
-var parent int
-
-// The parent-death signal is kept per thread, and exec hands the new image
-// the signal of the thread that calls it. A Go program runs main on any
-// thread unless the main goroutine is locked to the main thread before main
-// starts, which is what an init can do; the trampoline's exec then comes
-// from the thread the kernel set up with sockshim's Pdeathsig.
-func init() {
-	if len(os.Args) > 1 && os.Args[1] == TrampolineArg {
-		runtime.LockOSThread()
-		parent = os.Getppid()
-	}
-}
-
 // Trampoline receives the sockets on HandoffFD, puts them at descriptors 3,
 // 4, … in the order sent, sets LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID (its
 // own pid, which exec keeps, so it is the worker's), and execs argv. Every
@@ -47,6 +31,7 @@ func init() {
 // LISTEN_* variable is set at all, as sd_listen_fds(3) expects. It returns
 // only on failure.
 func Trampoline(argv []string) error {
+	parent := os.Getppid()
 	if len(argv) == 0 || argv[0] == "" {
 		return errors.New("trampoline: no command")
 	}
@@ -96,7 +81,7 @@ func Trampoline(argv []string) error {
 	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
 		return fmt.Errorf("trampoline: setting the parent-death signal: %w", err)
 	}
-	if parent != 0 && os.Getppid() != parent {
+	if os.Getppid() != parent {
 		return fmt.Errorf("trampoline: sockshim (pid %d) is gone; not starting %s", parent, path)
 	}
 	err = syscall.Exec(path, argv, env)
@@ -107,6 +92,14 @@ func Trampoline(argv []string) error {
 // TrampolineArg: it becomes the worker command or dies trying, with status
 // 127, the shell's "command could not be run", which the supervisor reports
 // as such.
+//
+// Call it from an init function of package main. The parent-death signal
+// sockshim asks for is set on the thread that forked into this process, its
+// main thread, and exec hands the new image the signal of the thread that
+// calls it; the runtime runs every init on the main thread, while main may
+// run on any thread unless locked to it, and runtime.LockOSThread starts a
+// thread of its own (the runtime's template thread), which measurably
+// slows this start.
 func Main(args []string) {
 	if len(args) > 0 && args[0] == "--" {
 		args = args[1:]

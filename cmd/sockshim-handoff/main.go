@@ -13,10 +13,14 @@ import (
 	"github.com/sockshim/sockshim/handoff"
 )
 
-func main() {
-	if len(os.Args) < 2 || os.Args[1] != handoff.TrampolineArg {
-		fmt.Fprintf(os.Stderr, "%s: started by sockshim to exec its workers; not a command to run by hand\n", handoff.BinaryName)
-		os.Exit(2)
+// The trampoline runs in init: see handoff.Main.
+func init() {
+	if len(os.Args) > 1 && os.Args[1] == handoff.TrampolineArg {
+		handoff.Main(os.Args[2:])
 	}
-	handoff.Main(os.Args[2:])
+}
+
+func main() {
+	fmt.Fprintf(os.Stderr, "%s: started by sockshim to exec its workers; not a command to run by hand\n", handoff.BinaryName)
+	os.Exit(2)
 }

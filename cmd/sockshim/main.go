@@ -26,12 +26,15 @@ Run 'sockshim COMMAND -h' for a command's options.
 // errUsage makes main print the usage text and exit 2.
 var errUsage = errors.New("usage")
 
-func main() {
-	// The trampoline must run before anything else touches descriptors: it
-	// owns fd 3 and is about to become the worker.
+// Without sockshim-handoff beside it, sockshim is its own trampoline; it
+// runs in init: see handoff.Main.
+func init() {
 	if len(os.Args) > 1 && os.Args[1] == handoff.TrampolineArg {
 		handoff.Main(os.Args[2:])
 	}
+}
+
+func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
