@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, vet, staticcheck, every test with the race
 # detector (the end-to-end tests boot a real systemd user manager and need
-# root), the package build and install tests (lintian, rpmlint, a Debian 12
-# system booted with systemd-nspawn), random schedules of the core state
+# root), the package build and install tests (lintian, rpmlint, Debian 12 and
+# 13 systems booted with systemd-nspawn), random schedules of the core state
 # machine, and bounded fuzz runs of every decoder of outside input.
 # Installs what it needs on Debian 12 when it is missing.
 set -euo pipefail
