@@ -94,7 +94,8 @@ func TestCommandLine(t *testing.T) {
 }
 
 // TestEmbeddedDefault is the README's first command: `sockshim run` with no
-// config serves the example worker on 127.0.0.1:8080 and stops cleanly.
+// config serves the example worker on 127.0.0.1:8080, `sockshim status` and
+// `sockshim reload` without -c reach it, and it stops cleanly.
 func TestEmbeddedDefault(t *testing.T) {
 	b := build(t)
 	up := newUpstream(t)
@@ -108,6 +109,26 @@ func TestEmbeddedDefault(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || !strings.Contains(string(body), "of generation 1") {
 		t.Errorf("answer %d %q", resp.StatusCode, body)
+	}
+	// What it started, the user sees and reloads without naming a config.
+	out, err := exec.Command(b.sockshim, "status").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "hello") {
+		t.Errorf("sockshim status without -c: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(b.sockshim, "reload").CombinedOutput(); err != nil {
+		t.Fatalf("sockshim reload without -c: %v\n%s", err, out)
+	}
+	// A new connection: the first one, kept alive, is still the old
+	// worker's until it drains.
+	fresh := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err = fresh.Get("http://127.0.0.1:8080/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "of generation 2") {
+		t.Errorf("after the reload the embedded example answers %q, want generation 2", body)
 	}
 	sup.signal(t, syscall.SIGTERM)
 	if err := sup.wait(t, 15*time.Second); err != nil {

@@ -13,20 +13,24 @@ import (
 	"github.com/sockshim/sockshim/shim/control"
 )
 
-// controlFlags parses -c FILE (required) and resolves the control socket the
-// way the supervisor does, reading the config only for a [control] socket.
+// controlFlags parses -c FILE and resolves the control socket the way the
+// supervisor does, reading the config only for a [control] socket. Without
+// -c it is the socket of `sockshim run` on its embedded default.
 func controlFlags(name string, args []string, stderr io.Writer, extra func(*flag.FlagSet)) (string, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	path := fs.String("c", "", "config `file` of the running supervisor")
+	path := fs.String("c", "", "config `file` of the running supervisor (default: the embedded example's)")
 	if extra != nil {
 		extra(fs)
 	}
-	if err := fs.Parse(args); err != nil || *path == "" || fs.NArg() > 0 {
-		if *path == "" {
-			fmt.Fprintf(stderr, "sockshim %s: -c FILE is required\n", name)
+	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+		if fs.NArg() > 0 {
+			fmt.Fprintf(stderr, "sockshim %s: unexpected argument %q\n", name, fs.Arg(0))
 		}
 		return "", errUsage
+	}
+	if *path == "" {
+		return control.SocketPath(defaultName, ""), nil
 	}
 	// Only a file that is not TOML stops here: a config that fails its
 	// checks must still reach the supervisor, which re-reads it and reports

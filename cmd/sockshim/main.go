@@ -15,8 +15,8 @@ const usage = `usage: sockshim COMMAND [options]
 
 commands:
   run     [-c FILE]         supervise the workers of FILE (default: the embedded example)
-  reload  -c FILE           reload the running supervisor; waits until the new generation serves
-  status  -c FILE [-json]   show generations, workers, pids, states
+  reload  [-c FILE]         reload the running supervisor; waits until the new generation serves
+  status  [-c FILE] [-json] show generations, workers, pids, states
   check   -c FILE           validate FILE and exit
   version                   print version and build information
 

@@ -24,6 +24,11 @@ import (
 //go:embed default.toml
 var defaultTOML []byte
 
+// defaultName is the embedded config's file name: it names the supervisor
+// `sockshim run` starts without -c, and so its control socket, which
+// `sockshim status` and `sockshim reload` without -c find by the same name.
+const defaultName = "default.toml"
+
 func cmdRun(args []string, stderr io.Writer) error {
 	// The supervisor's work is one loop plus goroutines that mostly wait;
 	// a second P buys it nothing but thread wake-ups and hand-offs on cores
@@ -93,7 +98,7 @@ func loadOrDefault(path string) (*config.Config, error) {
 	if path != "" {
 		return config.Load(path)
 	}
-	cfg, err := config.Parse("default.toml", defaultTOML)
+	cfg, err := config.Parse(defaultName, defaultTOML)
 	if err != nil {
 		return nil, err
 	}
