@@ -39,6 +39,9 @@ type gatewayFigures struct {
 	// Clients not answered by reload i's version within seenWithin of it
 	// returning, by i (gateway only; a naive client may be mid-reconnect).
 	late map[int][]int
+	// The longest any client waited, after a reload returned, for that
+	// reload's version (gateway only).
+	worstSeen time.Duration
 	// The gateway's pids as status showed them after each reload, its RSS
 	// (KiB) with every client connected before the first reload and after
 	// the last, the reload_signals its /stats
@@ -208,8 +211,14 @@ TimeoutStopSec=30
 	f.res = l.Stop()
 	stopped = true
 	for i := 1; i <= reloads && !naive; i++ {
-		if late := f.res.NotSeenBy(fmt.Sprintf("v%d", i), returned[i].Add(seenWithin)); len(late) > 0 {
+		v := fmt.Sprintf("v%d", i)
+		if late := f.res.NotSeenBy(v, returned[i].Add(seenWithin)); len(late) > 0 {
 			f.late[i] = late
+		}
+		for _, seen := range f.res.FirstSeen {
+			if at, ok := seen[v]; ok {
+				f.worstSeen = max(f.worstSeen, at.Sub(returned[i]))
+			}
 		}
 	}
 	var steady, during []time.Duration
@@ -271,8 +280,8 @@ func TestGatewayKeepsWebSockets(t *testing.T) {
 	m := testenv.StartUserManager(t)
 
 	g := gatewaySeries(t, m, b, false, clients, reloads)
-	t.Logf("gateway: %s; reloads took %v; rtt p99 steady %s (%d), during reloads %s (%d); gateway RSS %d → %d KiB",
-		g.res, g.reloadTook, g.steadyP99, g.steadyN, g.reloadP99, g.reloadN, g.rssBefore, g.rssAfter)
+	t.Logf("gateway: %s; reloads took %v; rtt p99 steady %s (%d), during reloads %s (%d); new version seen by all at most %s after a reload returned; gateway RSS %d → %d KiB",
+		g.res, g.reloadTook, g.steadyP99, g.steadyN, g.reloadP99, g.reloadN, g.worstSeen, g.rssBefore, g.rssAfter)
 	r := g.res
 	if r.Connections != clients || r.ClosedByServer != 0 || r.ConnectErrors != 0 {
 		t.Errorf("gateway: %d connections (want %d), %d closed by the server %v (want 0), %d connect errors",
