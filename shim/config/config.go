@@ -79,6 +79,13 @@ type Worker struct {
 	Group        string            // group = "myapp": default the user's primary group
 	Env          map[string]string // env = { APP_ENV = "production" }
 	Dir          string            // dir = "/srv/myapp": working directory
+	// Health-gated promotion: a reload's new workers serve beside the old
+	// ones for PromoteAfter before they replace them (0, the default: at
+	// once), and only if none exited and every health probe passed.
+	PromoteAfter   time.Duration // promote_after = "30s"
+	HealthCommand  []string      // health_command = [...]: exit 0 = healthy
+	HealthURL      string        // health_url = "http://127.0.0.1:8080/health": 2xx = healthy
+	HealthInterval time.Duration // health_interval = "1s" (default): between probes, and each probe's deadline
 }
 
 // Control is the [control] table.
@@ -90,13 +97,19 @@ type Control struct {
 
 // Defaults for [[worker]] keys.
 const (
-	DefaultCount        = 1
-	DefaultReadyDelay   = time.Second
-	DefaultReadyTimeout = 30 * time.Second
-	DefaultSurge        = 1
-	DefaultMaxDraining  = 2
-	DefaultDrainTimeout = 30 * time.Second
-	DefaultSocketMode   = os.FileMode(0o660)
+	DefaultCount          = 1
+	DefaultReadyDelay     = time.Second
+	DefaultReadyTimeout   = 30 * time.Second
+	DefaultSurge          = 1
+	DefaultMaxDraining    = 2
+	DefaultDrainTimeout   = 30 * time.Second
+	DefaultSocketMode     = os.FileMode(0o660)
+	DefaultHealthInterval = time.Second
+	// MaxPromoteAfter bounds promote_after: the bake holds the reload
+	// open, so `systemctl reload` and every later deploy wait for it.
+	MaxPromoteAfter = time.Hour
+	// MinHealthInterval keeps a health probe from running in a busy loop.
+	MinHealthInterval = 100 * time.Millisecond
 	// MaxCount bounds count: more workers than this per group is a typo.
 	MaxCount = 4096
 )

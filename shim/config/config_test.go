@@ -29,11 +29,13 @@ func TestFullExample(t *testing.T) {
 			ReadyTimeout: 20 * time.Second, Strategy: StrategyParallel, Surge: 2, MaxDraining: 3,
 			StopSignal: syscall.SIGQUIT, DrainTimeout: 45 * time.Second, Reloadable: true,
 			User: "nobody", Group: "65534", Env: map[string]string{"APP_ENV": "production", "TZ": "UTC"}, Dir: "/tmp",
+			PromoteAfter: 30 * time.Second, HealthCommand: []string{"/usr/bin/curl", "-fsS", "http://127.0.0.1:8080/health"},
+			HealthInterval: 2 * time.Second,
 		}, {
 			Name: "ws", Command: []string{"/usr/bin/myapp", "--websocket"}, Count: 1, Sockets: []string{"admin"},
 			Ready: ReadyNotify, ReadyDelay: DefaultReadyDelay, ReadyTimeout: DefaultReadyTimeout, Strategy: StrategyRolling,
 			Surge: DefaultSurge, MaxDraining: DefaultMaxDraining, StopSignal: syscall.SIGINT, ReloadSignal: syscall.SIGHUP,
-			DrainTimeout: DefaultDrainTimeout, Reloadable: false,
+			DrainTimeout: DefaultDrainTimeout, Reloadable: false, HealthInterval: DefaultHealthInterval,
 		}},
 		Control: Control{Socket: "/run/sockshim/myapp.sock"},
 	}
@@ -49,7 +51,7 @@ func TestDefaults(t *testing.T) {
 	}
 	want := Worker{Name: "worker", Command: []string{"/bin/true"}, Count: 1, Ready: ReadyNotify, ReadyDelay: time.Second,
 		ReadyTimeout: 30 * time.Second, Strategy: StrategyRolling, Surge: 1, MaxDraining: 2, StopSignal: syscall.SIGTERM,
-		DrainTimeout: 30 * time.Second, Reloadable: true}
+		DrainTimeout: 30 * time.Second, Reloadable: true, HealthInterval: time.Second}
 	if len(cfg.Workers) != 1 || !reflect.DeepEqual(cfg.Workers[0], want) {
 		t.Errorf("got %+v\nwant %+v", cfg.Workers, want)
 	}
@@ -97,6 +99,17 @@ func TestErrors(t *testing.T) {
 		{"private env", w + "env = { LISTEN_FDS = \"3\" }\n", `app.toml:3: worker[0].env.LISTEN_FDS: is reserved by sockshim`},
 		{"syntax", w + "count = = 3\n", `app.toml:3: TOML syntax:`},
 		{"second worker line", w + "name = \"a\"\n[[worker]]\nname = \"b\"\ncommand = [\"/x\"]\ncount = \"x\"\n", `app.toml:7: worker[1].count: want an integer`},
+		{"health without promote_after", w + "health_url = \"http://127.0.0.1/h\"\n", `app.toml:3: worker[0].health_url: is only used with promote_after`},
+		{"health interval without promote_after", w + "health_interval = \"1s\"\n", `app.toml:3: worker[0].health_interval: is only used with promote_after`},
+		{"health interval without a probe", w + "promote_after = \"5s\"\nhealth_interval = \"1s\"\n", `app.toml:4: worker[0].health_interval: is only used with health_command or health_url`},
+		{"both health probes", w + "promote_after = \"5s\"\nhealth_command = [\"/bin/true\"]\nhealth_url = \"http://127.0.0.1/h\"\n", `app.toml:5: worker[0].health_url: set health_command or health_url, not both`},
+		{"empty health command", w + "promote_after = \"5s\"\nhealth_command = []\n", `app.toml:4: worker[0].health_command: must name a program`},
+		{"health url scheme", w + "promote_after = \"5s\"\nhealth_url = \"ftp://x/h\"\n", `app.toml:4: worker[0].health_url: "ftp://x/h": want an http:// or https:// URL`},
+		{"health url host", w + "promote_after = \"5s\"\nhealth_url = \"http:///h\"\n", `app.toml:4: worker[0].health_url: "http:///h": no host`},
+		{"health interval too long", w + "promote_after = \"5s\"\nhealth_url = \"http://127.0.0.1/h\"\nhealth_interval = \"6s\"\n", `app.toml:5: worker[0].health_interval: 6s is longer than promote_after (5s)`},
+		{"health interval too short", w + "promote_after = \"5s\"\nhealth_url = \"http://127.0.0.1/h\"\nhealth_interval = \"1ms\"\n", `app.toml:5: worker[0].health_interval: 1ms is shorter than 100ms`},
+		{"promote_after too long", w + "promote_after = \"2h\"\n", `app.toml:3: worker[0].promote_after: 2h0m0s is longer than 1h0m0s`},
+		{"negative promote_after", w + "promote_after = \"-1s\"\n", `app.toml:3: worker[0].promote_after: "-1s" must be positive`},
 		{"multi-line array skipped", "[[worker]]\ncommand = [\n  \"/bin/app\",\n  \"-x\",\n]\ncoutn = 2\n", `app.toml:6: worker[0].coutn: unknown key (did you mean "count"?)`},
 	}
 	for _, c := range cases {
@@ -109,6 +122,18 @@ func TestErrors(t *testing.T) {
 				t.Errorf("error:\n  %s\nwant prefix:\n  %s", err, c.want)
 			}
 		})
+	}
+}
+
+// TestPromoteAfterZero: promote_after = "0s" is today's behaviour, as if
+// it were absent.
+func TestPromoteAfterZero(t *testing.T) {
+	cfg, err := Parse("app.toml", []byte("[[worker]]\ncommand = [\"/bin/app\"]\npromote_after = \"0s\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Workers[0].PromoteAfter; got != 0 {
+		t.Errorf("promote_after = %s, want 0", got)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -72,7 +73,7 @@ func bareKey(k string) bool {
 var (
 	topKeys     = []string{"listen", "worker", "control"}
 	listenKeys  = []string{"name", "address", "mode", "backlog"}
-	workerKeys  = []string{"name", "command", "count", "sockets", "ready", "ready_delay", "ready_command", "ready_timeout", "strategy", "surge", "max_draining", "stop_signal", "reload_signal", "drain_timeout", "reloadable", "user", "group", "env", "dir"}
+	workerKeys  = []string{"name", "command", "count", "sockets", "ready", "ready_delay", "ready_command", "ready_timeout", "strategy", "surge", "max_draining", "stop_signal", "reload_signal", "drain_timeout", "reloadable", "user", "group", "env", "dir", "promote_after", "health_command", "health_url", "health_interval"}
 	controlKeys = []string{"socket"}
 )
 
@@ -285,6 +286,7 @@ func (r *reader) worker(path string, t map[string]any, groups int) Worker {
 		Env:          r.strMap(path+".env", t, "env"),
 		Dir:          r.str(path+".dir", t, "dir", ""),
 	}
+	r.promotion(path, t, &g)
 	if g.Name == "" {
 		if groups > 1 {
 			r.errorf(path+".name", "required when there is more than one [[worker]] group")
@@ -359,6 +361,73 @@ func (r *reader) worker(path string, t map[string]any, groups int) Worker {
 		}
 	}
 	return g
+}
+
+// promotion reads promote_after and the health_* keys of a [[worker]].
+func (r *reader) promotion(path string, t map[string]any, g *Worker) {
+	g.PromoteAfter = r.optDuration(path+".promote_after", t, "promote_after")
+	g.HealthCommand = r.strList(path+".health_command", t, "health_command")
+	g.HealthURL = r.str(path+".health_url", t, "health_url", "")
+	g.HealthInterval = r.duration(path+".health_interval", t, "health_interval", DefaultHealthInterval)
+	if g.PromoteAfter > MaxPromoteAfter {
+		r.errorf(path+".promote_after", "%s is longer than %s: the reload, and so `systemctl reload`, waits for the whole bake", g.PromoteAfter, MaxPromoteAfter)
+	}
+	_, hasCommand := t["health_command"]
+	_, hasURL := t["health_url"]
+	_, hasInterval := t["health_interval"]
+	if g.PromoteAfter == 0 {
+		for _, k := range []string{"health_command", "health_url", "health_interval"} {
+			if _, ok := t[k]; ok {
+				r.errorf(path+"."+k, "is only used with promote_after: health probes run while a new generation bakes")
+			}
+		}
+		return
+	}
+	switch {
+	case hasCommand && hasURL:
+		r.errorf(path+".health_url", "set health_command or health_url, not both")
+	case hasCommand && g.HealthCommand != nil && (len(g.HealthCommand) == 0 || g.HealthCommand[0] == ""):
+		r.errorf(path+".health_command", "must name a program")
+	case hasURL:
+		if err := checkHealthURL(g.HealthURL); err != nil {
+			r.errorf(path+".health_url", "%q: %v", g.HealthURL, err)
+		}
+	}
+	if hasInterval {
+		switch {
+		case !hasCommand && !hasURL:
+			r.errorf(path+".health_interval", "is only used with health_command or health_url")
+		case g.HealthInterval < MinHealthInterval:
+			r.errorf(path+".health_interval", "%s is shorter than %s", g.HealthInterval, MinHealthInterval)
+		}
+	}
+	if (hasCommand || hasURL) && g.HealthInterval > g.PromoteAfter {
+		r.errorf(path+".health_interval", "%s is longer than promote_after (%s): no probe would end within the bake", g.HealthInterval, g.PromoteAfter)
+	}
+}
+
+// checkHealthURL accepts an absolute http or https URL with a host.
+func checkHealthURL(s string) error {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return err
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("want an http:// or https:// URL")
+	case u.Host == "":
+		return fmt.Errorf("no host")
+	}
+	return nil
+}
+
+// optDuration is a duration whose absence, "0" or "0s" means 0 (off).
+func (r *reader) optDuration(path string, t map[string]any, key string) time.Duration {
+	if s, ok := t[key].(string); ok {
+		if d, err := time.ParseDuration(s); err == nil && d == 0 {
+			return 0
+		}
+	}
+	return r.duration(path, t, key, 0)
 }
 
 // unique checks that names are not used twice.
