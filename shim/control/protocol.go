@@ -26,14 +26,59 @@ type Reply struct {
 
 // Status is the supervisor's state as `sockshim status` shows it.
 type Status struct {
-	PID        int           `json:"pid"`
-	Config     string        `json:"config"`
-	Generation int           `json:"generation"`
-	State      string        `json:"state"` // starting, serving, reloading, stopping
-	Line       string        `json:"status_line"`
-	Started    time.Time     `json:"started"`
-	Reloads    int           `json:"reloads"`
-	Groups     []GroupStatus `json:"groups"`
+	PID        int       `json:"pid"`
+	Config     string    `json:"config"`
+	Generation int       `json:"generation"`
+	State      string    `json:"state"` // starting, serving, reloading, stopping
+	Line       string    `json:"status_line"`
+	Started    time.Time `json:"started"`
+	Reloads    int       `json:"reloads"`
+	// GenerationStarted is when the serving generation's reload began (for
+	// generation 1, when sockshim started).
+	GenerationStarted time.Time     `json:"generation_started"`
+	Groups            []GroupStatus `json:"groups"`
+	// Counters are totals since sockshim started; the metrics endpoint
+	// serves exactly these, and the workers above.
+	Counters Counters `json:"counters"`
+}
+
+// Counters are the supervisor's totals since it started.
+type Counters struct {
+	// Reload runs answered: one run answers every request that joined it.
+	ReloadsSucceeded int `json:"reloads_succeeded"`
+	ReloadsFailed    int `json:"reloads_failed"`
+	// FailedByCause splits ReloadsFailed by the first cause of each
+	// failure: config, spawn, exit, ready_timeout, health, stopped (every
+	// cause is present, zeros included).
+	FailedByCause map[string]int `json:"reloads_failed_by_cause"`
+	// ReloadDuration: from the request that began a run to its answer.
+	ReloadDuration Histogram       `json:"reload_duration"`
+	Groups         []GroupCounters `json:"groups"` // by name, every group sockshim has run
+}
+
+// Histogram is a Prometheus-style histogram: Buckets are cumulative.
+type Histogram struct {
+	Count   int      `json:"count"`
+	Sum     float64  `json:"sum_seconds"`
+	Buckets []Bucket `json:"buckets"`
+}
+
+// Bucket counts the observations of at most UpperBound seconds.
+type Bucket struct {
+	UpperBound float64 `json:"le"`
+	Count      int     `json:"count"`
+}
+
+// GroupCounters are one [[worker]] group's totals.
+type GroupCounters struct {
+	Name string `json:"name"`
+	// Respawns: workers replaced after they exited or failed to start
+	// outside a reload's rollout.
+	Respawns int `json:"respawns"`
+	// Drains: workers sent their stop_signal to drain.
+	Drains int `json:"drains"`
+	// DeadlineKills: draining workers SIGKILLed at drain_timeout.
+	DeadlineKills int `json:"deadline_kills"`
 }
 
 // GroupStatus describes one [[worker]] group.

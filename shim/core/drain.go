@@ -15,6 +15,7 @@ func (m *Machine) drain(w *worker) {
 	}
 	m.stopReadiness(w)
 	w.state = Draining
+	m.counters.group(w.group.cfg.Name).drains++
 	m.log(slog.LevelInfo, "draining worker", "worker", w, "pid", w.pid, "generation", w.gen, "signal", w.cfg.StopSignal)
 	m.emit(Signal{Worker: w.id, Signal: w.cfg.StopSignal})
 	w.drainTimer = m.setTimer(w.cfg.DrainTimeout, timer{kind: drainDeadline, w: w})

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sockshim/sockshim/shim/config"
+	"github.com/sockshim/sockshim/shim/control"
 )
 
 // checker steps a machine and checks, after every step, the promises the
@@ -25,11 +26,18 @@ type checker struct {
 	asked     []WaiterID
 	readyOnce bool
 	stopAsked bool
+
+	// What the counters must say, as seen from events and effects.
+	ok, failed int
+	byCause    map[Cause]int
+	firstCause map[int]Cause // by reload generation: its first candidate failure
+	groups     map[string]*groupCounters
 }
 
 func newChecker(m *Machine) *checker {
 	return &checker{m: m, started: map[WorkerID]bool{}, reaped: map[WorkerID]bool{}, stopped: map[WorkerID]bool{},
-		candGen: map[WorkerID]int{}, wasReady: map[WorkerID]bool{}, failedGen: map[int]bool{}, answered: map[WaiterID]int{}}
+		candGen: map[WorkerID]int{}, wasReady: map[WorkerID]bool{}, failedGen: map[int]bool{}, answered: map[WaiterID]int{},
+		byCause: map[Cause]int{}, firstCause: map[int]Cause{}, groups: map[string]*groupCounters{}}
 }
 
 // step applies ev and returns the first invariant it breaks, or "".
@@ -59,6 +67,7 @@ func (c *checker) step(now time.Time, ev Event) string {
 			c.failedGen[g] = true
 		}
 	}
+	cause := c.causeOf(ev, reloadGen)
 	c.effects = m.Step(now, ev)
 
 	switch ev := ev.(type) {
@@ -136,7 +145,140 @@ func (c *checker) step(now time.Time, ev Event) string {
 	if msg := c.checkTimerOnlyWhenReady(ev); msg != "" {
 		return msg
 	}
+	if msg := c.checkCounters(ev, reloadBefore, cause); msg != "" {
+		return msg
+	}
 	return c.checkState()
+}
+
+// causeOf notes, before ev is stepped, the first failure of the running
+// reload's candidates that ev brings, and returns the cause a reload that
+// ends in this step must be counted under if ev ends it by itself.
+func (c *checker) causeOf(ev Event, reloadGen int) Cause {
+	m := c.m
+	r := m.reload
+	candidate := func(id WorkerID) bool {
+		w := m.find(id)
+		return w != nil && w.role == candidate && r != nil && !r.loading && r.result == nil && !m.stopping
+	}
+	note := func(cause Cause) {
+		if _, ok := c.firstCause[reloadGen]; !ok {
+			c.firstCause[reloadGen] = cause
+		}
+	}
+	switch ev := ev.(type) {
+	case ConfigLoaded:
+		if r != nil && r.loading && ev.Err != nil {
+			return CauseConfig
+		}
+	case StopRequested:
+		if r != nil && r.result == nil && !m.stopping {
+			return CauseStopped
+		}
+	case SpawnFailed:
+		if candidate(ev.Worker) {
+			note(CauseSpawn)
+		}
+	case Exited:
+		if candidate(ev.Worker) {
+			note(CauseExit)
+		}
+	case TimerFired:
+		if t, ok := m.timers[ev.Timer]; ok && t.kind == readyTimeout && t.w.state == Starting && candidate(t.w.id) {
+			note(CauseReadyTimeout)
+		}
+	}
+	return ""
+}
+
+// checkCounters: the counters agree with what happened. Every reload run
+// that ends is counted once, as its answer says, under the cause that
+// failed it first; respawns, drains and kills at the deadline are counted
+// per group as their effects go out.
+func (c *checker) checkCounters(ev Event, reloadBefore *reloadRun, cause Cause) string {
+	m := c.m
+	group := func(w *worker) *groupCounters {
+		gc := c.groups[w.group.cfg.Name]
+		if gc == nil {
+			gc = &groupCounters{}
+			c.groups[w.group.cfg.Name] = gc
+		}
+		return gc
+	}
+	for _, e := range c.effects {
+		switch e := e.(type) {
+		case Signal:
+			if w := c.find(e.Worker); w != nil && w.state == Draining {
+				group(w).drains++
+			}
+		case Kill:
+			if w := c.find(e.Worker); w != nil && e.Reason == "still running at drain_timeout" {
+				group(w).deadlineKills++
+			}
+		case Log:
+			if e.Msg == "worker exited unexpectedly" || e.Msg == "starting worker failed" {
+				group(e.Attrs[1].(*worker)).respawns++
+			}
+		}
+	}
+	if reloadBefore != nil && m.reload != reloadBefore {
+		// The run ended in this step; its first caller's answer says how.
+		var answer *Answer
+		for _, e := range c.effects {
+			if a, ok := e.(Answer); ok && a.Waiter == reloadBefore.waiters[0] {
+				answer = &a
+			}
+		}
+		if answer == nil {
+			return fmt.Sprintf("reload run of waiter %d ended without answering it", reloadBefore.waiters[0])
+		}
+		switch {
+		case answer.Err == nil:
+			c.ok++
+		default:
+			c.failed++
+			if cause == "" {
+				cause = c.firstCause[reloadBefore.gen]
+			}
+			if cause == "" {
+				return fmt.Sprintf("reload to gen %d failed with no cause seen: %v", reloadBefore.gen, answer.Err)
+			}
+			c.byCause[cause]++
+		}
+	}
+	got := m.countersStatus()
+	if got.ReloadsSucceeded != c.ok || got.ReloadsFailed != c.failed {
+		return fmt.Sprintf("counters: %d succeeded, %d failed reloads; answers say %d, %d", got.ReloadsSucceeded, got.ReloadsFailed, c.ok, c.failed)
+	}
+	if got.ReloadDuration.Count != c.ok+c.failed || got.ReloadDuration.Buckets[len(got.ReloadDuration.Buckets)-1].Count > got.ReloadDuration.Count {
+		return fmt.Sprintf("counters: reload duration histogram %+v for %d reloads", got.ReloadDuration, c.ok+c.failed)
+	}
+	sum := 0
+	for _, cause := range Causes {
+		n := got.FailedByCause[string(cause)]
+		sum += n
+		if n != c.byCause[cause] {
+			return fmt.Sprintf("counters: %d reloads failed by %s, seen %d (%v)", n, cause, c.byCause[cause], got.FailedByCause)
+		}
+	}
+	if sum != got.ReloadsFailed || len(got.FailedByCause) != len(Causes) {
+		return fmt.Sprintf("counters: failures by cause %v do not add up to %d", got.FailedByCause, got.ReloadsFailed)
+	}
+	for _, g := range got.Groups {
+		want := c.groups[g.Name]
+		if want == nil {
+			want = &groupCounters{}
+		}
+		if g.Respawns != want.respawns || g.Drains != want.drains || g.DeadlineKills != want.deadlineKills {
+			return fmt.Sprintf("counters of group %s: %+v, seen %+v", g.Name, g, *want)
+		}
+	}
+	for name, want := range c.groups {
+		if *want != (groupCounters{}) && !slices.ContainsFunc(got.Groups, func(g control.GroupCounters) bool { return g.Name == name }) {
+			return fmt.Sprintf("counters: group %s missing, seen %+v", name, *want)
+		}
+	}
+	return ""
 }
 
 func workerOf(e Effect) WorkerID {

@@ -33,6 +33,9 @@ type Machine struct {
 	reloads    int
 	lastStatus string
 
+	counters   counters
+	genStarted map[int]time.Time // when each generation that may serve began
+
 	// The step in progress.
 	now time.Time
 	out []Effect
@@ -166,6 +169,9 @@ func (m *Machine) onTimer(id TimerID) {
 		m.markReady(t.w)
 	case drainDeadline:
 		t.w.drainTimer = 0
+		if t.w.killed == "" {
+			m.counters.group(t.w.group.cfg.Name).deadlineKills++
+		}
 		m.log(slog.LevelWarn, "worker still running at drain_timeout, killing it", "worker", t.w, "pid", t.w.pid,
 			"generation", t.w.gen, "drain_timeout", t.w.cfg.DrainTimeout)
 		m.kill(t.w, "still running at drain_timeout")
@@ -183,6 +189,7 @@ func (m *Machine) onTimer(id TimerID) {
 func (m *Machine) boot() {
 	m.started = m.now
 	m.gen = 1
+	m.generationBegan(1)
 	m.log(slog.LevelInfo, "starting", "generation", m.gen, "groups", len(m.groups))
 	for _, g := range m.groups {
 		for id := range g.slots {
@@ -262,6 +269,7 @@ func (m *Machine) onSpawnFailed(w *worker, err error) {
 	w.failure = fmt.Sprintf("could not be started: %v", err)
 	switch w.role {
 	case candidate:
+		m.failCause(CauseSpawn)
 		m.rolloutFailed(w)
 	case inSlot:
 		m.slotLost(w, prev, "")
@@ -284,6 +292,7 @@ func (m *Machine) onExit(w *worker, status string, tail []string) {
 	}
 	switch w.role {
 	case candidate:
+		m.failCause(CauseExit)
 		m.rolloutFailed(w)
 	case inSlot:
 		m.slotLost(w, prev, status)
@@ -304,6 +313,7 @@ func (m *Machine) slotLost(w *worker, prev State, status string) {
 	}
 	sl.failures++
 	sl.restarts++
+	m.counters.group(w.group.cfg.Name).respawns++
 	d := backoff(sl.failures)
 	attrs := []any{"worker", w, "generation", w.gen}
 	if status != "" {
@@ -404,6 +414,7 @@ func (m *Machine) onReadyTimeout(w *worker) {
 		"generation", w.gen, "ready", w.cfg.Ready, "ready_timeout", w.cfg.ReadyTimeout)
 	w.failure = fmt.Sprintf("not ready within ready_timeout (%s)", w.cfg.ReadyTimeout)
 	if w.role == candidate {
+		m.failCause(CauseReadyTimeout)
 		m.rolloutFailed(w)
 		return
 	}

@@ -50,6 +50,9 @@ type reloadRun struct {
 	// result is set once the workers are settled; the callers hear it when
 	// the draining workers let go of the sockets.
 	result *Answer
+
+	began time.Time // asked for; the reload's duration counts from here
+	cause Cause     // of the first failure, for the metrics
 }
 
 func (m *Machine) progress(format string, args ...any) {
@@ -76,7 +79,7 @@ func (m *Machine) onReloadRequest(w WaiterID) {
 
 // beginReload reads the config; the reload proper starts when it is in.
 func (m *Machine) beginReload(waiters []WaiterID) {
-	m.reload = &reloadRun{waiters: waiters, loading: true}
+	m.reload = &reloadRun{waiters: waiters, loading: true, began: m.now}
 	m.emit(LoadConfig{})
 }
 
@@ -88,6 +91,7 @@ func (m *Machine) onConfigLoaded(cfg *config.Config, err error) {
 	if err != nil {
 		m.log(slog.LevelError, "reload aborted: the config does not load; the running generation keeps serving", "err", err)
 		m.reload = nil
+		m.reloadEnded(r.began, true, CauseConfig)
 		for _, w := range r.waiters {
 			m.emit(Answer{Waiter: w, Err: fmt.Errorf("config not loaded, nothing changed: %w", err)})
 		}
@@ -101,6 +105,7 @@ func (m *Machine) startReload(r *reloadRun, cfg *config.Config) {
 	m.gen++
 	m.reloads++
 	r.loading, r.gen, r.cfg, r.started = false, m.gen, cfg, m.now
+	m.generationBegan(r.gen)
 	m.log(slog.LevelInfo, "reload started", "generation", r.gen)
 	if m.readySent {
 		// Before the first READY=1 the service manager still waits for
@@ -410,6 +415,8 @@ func (m *Machine) onReleased(ev Released) {
 // over, and starts the reload that requests made meanwhile wait for.
 func (m *Machine) complete(r *reloadRun) {
 	m.reload = nil
+	failed, cause := r.outcome()
+	m.reloadEnded(r.began, failed, cause)
 	if r.result.Err == nil {
 		if sent := m.sendReloadSignals(r.gen); len(sent) > 0 {
 			r.result.Message += " (reload_signal sent: " + strings.Join(sent, "; ") + ")"
@@ -506,10 +513,13 @@ func (m *Machine) abortReload(err error) {
 	if r := m.reload; r != nil {
 		if r.result != nil {
 			// Settled, only waiting for old workers to let go: it did end.
+			failed, cause := r.outcome()
+			m.reloadEnded(r.began, failed, cause)
 			for _, w := range r.waiters {
 				m.emit(Answer{Waiter: w, Message: r.result.Message, Err: r.result.Err})
 			}
 		} else {
+			m.reloadEnded(r.began, true, CauseStopped)
 			waiters = append(r.waiters, waiters...)
 		}
 		for _, g := range m.groups {

@@ -89,6 +89,11 @@ func (m *Machine) Status(now time.Time) control.Status {
 		Started:    m.started,
 		Reloads:    m.reloads,
 	}
+	st.GenerationStarted = m.genStarted[st.Generation]
+	for _, g := range slices.Concat(m.groups, m.retired) {
+		m.counters.group(g.cfg.Name) // every group shows, zeros included
+	}
+	st.Counters = m.countersStatus()
 	switch {
 	case m.stopping:
 		st.State = "stopping"
