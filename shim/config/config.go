@@ -15,6 +15,7 @@ type Config struct {
 	Listen  []Listen // [[listen]]: used only when the service manager passes no sockets
 	Workers []Worker // [[worker]]: at least one
 	Control Control  // [control]
+	Metrics Metrics  // [metrics]
 }
 
 // ListenNames returns the names of the [[listen]] entries, in order.
@@ -94,6 +95,20 @@ type Control struct {
 	// by control.SocketPath.
 	Socket string
 }
+
+// Metrics is the [metrics] table: where the Prometheus endpoint listens.
+type Metrics struct {
+	// Listen as written: "127.0.0.1:9464", "[::1]:9464" or "unix:/path";
+	// empty: no endpoint.
+	Listen  string
+	Network string      // derived: tcp or unix
+	Addr    string      // derived: host:port, or the socket file's path
+	Mode    os.FileMode // mode = "0660" of a unix socket file; default 0600
+}
+
+// DefaultMetricsMode keeps a unix metrics socket to sockshim's own user
+// unless mode says otherwise.
+const DefaultMetricsMode = os.FileMode(0o600)
 
 // Defaults for [[worker]] keys.
 const (

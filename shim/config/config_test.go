@@ -38,6 +38,7 @@ func TestFullExample(t *testing.T) {
 			DrainTimeout: DefaultDrainTimeout, Reloadable: false, HealthInterval: DefaultHealthInterval,
 		}},
 		Control: Control{Socket: "/run/sockshim/myapp.sock"},
+		Metrics: Metrics{Listen: "unix:/tmp/myapp-metrics.sock", Network: "unix", Addr: "/tmp/myapp-metrics.sock", Mode: 0o660},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got  %+v\nwant %+v", cfg, want)
@@ -110,6 +111,18 @@ func TestErrors(t *testing.T) {
 		{"health interval too short", w + "promote_after = \"5s\"\nhealth_url = \"http://127.0.0.1/h\"\nhealth_interval = \"1ms\"\n", `app.toml:5: worker[0].health_interval: 1ms is shorter than 100ms`},
 		{"promote_after too long", w + "promote_after = \"2h\"\n", `app.toml:3: worker[0].promote_after: 2h0m0s is longer than 1h0m0s`},
 		{"negative promote_after", w + "promote_after = \"-1s\"\n", `app.toml:3: worker[0].promote_after: "-1s" must be positive`},
+		{"metrics without listen", w + "[metrics]\nmode = \"0600\"\n", `app.toml:3: metrics.listen: required`},
+		{"metrics unknown key", w + "[metrics]\nlisten = \"127.0.0.1:9464\"\nmdoe = \"0600\"\n", `app.toml:5: metrics.mdoe: unknown key (did you mean "mode"?)`},
+		{"metrics not a table", "metrics = \"127.0.0.1:9464\"\n" + w, `app.toml:1: metrics: want a table [metrics], got string`},
+		{"metrics no port", w + "[metrics]\nlisten = \"127.0.0.1\"\n", `app.toml:4: metrics.listen: "127.0.0.1": want host:port`},
+		{"metrics bad port", w + "[metrics]\nlisten = \"127.0.0.1:http\"\n", `app.toml:4: metrics.listen: "127.0.0.1:http": port "http" is not a number`},
+		{"metrics host name", w + "[metrics]\nlisten = \"example.com:9464\"\n", `app.toml:4: metrics.listen: "example.com:9464": host "example.com" is not an IP address or localhost`},
+		{"metrics relative unix", w + "[metrics]\nlisten = \"unix:m.sock\"\n", `app.toml:4: metrics.listen: "unix:m.sock": socket path "m.sock" is not absolute`},
+		{"metrics abstract unix", w + "[metrics]\nlisten = \"unix:@m\"\n", `app.toml:4: metrics.listen: "unix:@m": an abstract socket has no file mode`},
+		{"metrics unix dir missing", w + "[metrics]\nlisten = \"unix:/nonexistent/m.sock\"\n", `app.toml:4: metrics.listen: "unix:/nonexistent/m.sock": directory /nonexistent does not exist`},
+		{"metrics mode on tcp", w + "[metrics]\nlisten = \"127.0.0.1:9464\"\nmode = \"0660\"\n", `app.toml:5: metrics.mode: is only used with a unix socket`},
+		{"metrics bad mode", w + "[metrics]\nlisten = \"unix:/tmp/m.sock\"\nmode = \"777x\"\n", `app.toml:5: metrics.mode: "777x" is not an octal file mode`},
+		{"metrics listen type", w + "[metrics]\nlisten = 9464\n", `app.toml:4: metrics.listen: want a string, got integer 9464`},
 		{"multi-line array skipped", "[[worker]]\ncommand = [\n  \"/bin/app\",\n  \"-x\",\n]\ncoutn = 2\n", `app.toml:6: worker[0].coutn: unknown key (did you mean "count"?)`},
 	}
 	for _, c := range cases {
@@ -211,5 +224,29 @@ func TestControlSocketLenient(t *testing.T) {
 	}
 	if got, err := ControlSocket(filepath.Join(dir, "missing.toml")); got != "" || !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("ControlSocket of a missing file = %q, %v", got, err)
+	}
+}
+
+// TestMetrics: [metrics] is optional; listen takes host:port or a unix
+// socket path, whose file gets mode 0600 unless mode says otherwise.
+func TestMetrics(t *testing.T) {
+	const w = "[[worker]]\ncommand = [\"/bin/app\"]\n"
+	for _, c := range []struct {
+		text string
+		want Metrics
+	}{
+		{w, Metrics{}},
+		{w + "[metrics]\nlisten = \"127.0.0.1:9464\"\n", Metrics{Listen: "127.0.0.1:9464", Network: "tcp", Addr: "127.0.0.1:9464", Mode: 0o600}},
+		{w + "[metrics]\nlisten = \"[::1]:0\"\n", Metrics{Listen: "[::1]:0", Network: "tcp", Addr: "[::1]:0", Mode: 0o600}},
+		{w + "[metrics]\nlisten = \"unix:/tmp/m.sock\"\n", Metrics{Listen: "unix:/tmp/m.sock", Network: "unix", Addr: "/tmp/m.sock", Mode: 0o600}},
+		{w + "[metrics]\nlisten = \"unix:/tmp/m.sock\"\nmode = \"0660\"\n", Metrics{Listen: "unix:/tmp/m.sock", Network: "unix", Addr: "/tmp/m.sock", Mode: 0o660}},
+	} {
+		cfg, err := Parse("app.toml", []byte(c.text))
+		if err != nil {
+			t.Fatalf("%s: %v", c.text, err)
+		}
+		if cfg.Metrics != c.want {
+			t.Errorf("%s: got %+v, want %+v", c.text, cfg.Metrics, c.want)
+		}
 	}
 }

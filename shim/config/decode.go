@@ -71,10 +71,11 @@ func bareKey(k string) bool {
 }
 
 var (
-	topKeys     = []string{"listen", "worker", "control"}
+	topKeys     = []string{"listen", "worker", "control", "metrics"}
 	listenKeys  = []string{"name", "address", "mode", "backlog"}
 	workerKeys  = []string{"name", "command", "count", "sockets", "ready", "ready_delay", "ready_command", "ready_timeout", "strategy", "surge", "max_draining", "stop_signal", "reload_signal", "drain_timeout", "reloadable", "user", "group", "env", "dir", "promote_after", "health_command", "health_url", "health_interval"}
 	controlKeys = []string{"socket"}
+	metricsKeys = []string{"listen", "mode"}
 )
 
 // known reports keys of table that are not in allowed, with a suggestion.
@@ -121,8 +122,77 @@ func (r *reader) config(raw map[string]any) *Config {
 			}
 		}
 	}
+	if v, ok := raw["metrics"]; ok {
+		t, ok := v.(map[string]any)
+		if !ok {
+			r.errorf("metrics", "want a table [metrics], got %s", typeName(v))
+		} else {
+			cfg.Metrics = r.metrics(t)
+		}
+	}
 	r.unique(cfg)
 	return cfg
+}
+
+// metrics reads the [metrics] table.
+func (r *reader) metrics(t map[string]any) Metrics {
+	r.known("metrics", t, metricsKeys)
+	m := Metrics{Listen: r.str("metrics.listen", t, "listen", ""), Mode: DefaultMetricsMode}
+	if _, ok := t["listen"]; !ok {
+		r.errorf("metrics.listen", `required, e.g. "127.0.0.1:9464" or "unix:/run/sockshim/metrics.sock"`)
+	} else if _, isString := t["listen"].(string); isString { // else: reported by str
+		if network, addr, err := parseMetricsListen(m.Listen); err != nil {
+			r.errorf("metrics.listen", "%q: %v", m.Listen, err)
+		} else {
+			m.Network, m.Addr = network, addr
+			if err := socketDir(Listen{Network: network, Addr: addr}); err != nil {
+				r.errorf("metrics.listen", "%q: %v", m.Listen, err)
+			}
+		}
+	}
+	if s := r.str("metrics.mode", t, "mode", ""); s != "" {
+		n, err := strconv.ParseUint(s, 8, 32)
+		switch {
+		case err != nil || n > 0o777:
+			r.errorf("metrics.mode", "%q is not an octal file mode like \"0660\"", s)
+		case m.Network != "unix" && m.Network != "":
+			r.errorf("metrics.mode", "is only used with a unix socket (listen = \"unix:/path\")")
+		default:
+			m.Mode = os.FileMode(n)
+		}
+	}
+	return m
+}
+
+// parseMetricsListen splits "host:port" or "unix:/path". A unix socket
+// must be a file, so that its mode keeps other users out.
+func parseMetricsListen(s string) (network, addr string, err error) {
+	if path, ok := strings.CutPrefix(s, "unix:"); ok {
+		switch {
+		case path == "":
+			return "", "", fmt.Errorf("empty socket path")
+		case path[0] == '@':
+			return "", "", fmt.Errorf("an abstract socket has no file mode: any local user could scrape it; use a path")
+		case path[0] != '/':
+			return "", "", fmt.Errorf("socket path %q is not absolute", path)
+		case len(path) > unixaddr.MaxPath:
+			return "", "", fmt.Errorf("socket path is %d bytes; a unix socket path holds at most %d", len(path), unixaddr.MaxPath)
+		}
+		return "unix", path, nil
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", "", fmt.Errorf(`want host:port, e.g. "127.0.0.1:9464", or "unix:/path": %v`, err)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		return "", "", fmt.Errorf("port %q is not a number from 0 to 65535", port)
+	}
+	if host != "" && host != "localhost" {
+		if _, err := netip.ParseAddr(host); err != nil {
+			return "", "", fmt.Errorf("host %q is not an IP address or localhost", host)
+		}
+	}
+	return "tcp", s, nil
 }
 
 // tables returns the array of tables under key ([[listen]], [[worker]]).
