@@ -306,6 +306,10 @@ func (s *Supervisor) apply(e core.Effect) {
 		ctx, cancel := context.WithTimeout(context.Background(), e.Config.ReadyTimeout)
 		s.probes[e.Worker] = cancel
 		go s.probeLoop(ctx, e)
+	case core.StartHealth:
+		ctx, cancel := context.WithCancel(context.Background())
+		s.probes[e.Worker] = cancel
+		go s.healthLoop(ctx, e)
 	case core.StopProbe:
 		if cancel := s.probes[e.Worker]; cancel != nil {
 			cancel()

@@ -56,6 +56,7 @@ const (
 	readyDelay
 	drainDeadline
 	respawn
+	bakeEnd
 )
 
 // New returns a machine for cfg; Boot starts it.
@@ -95,6 +96,10 @@ func (m *Machine) Step(now time.Time, ev Event) []Effect {
 	case Probed:
 		if w := m.find(ev.Worker); w != nil && w.state == Starting && w.cfg.Ready == config.ReadyCommand {
 			m.markReady(w)
+		}
+	case HealthChecked:
+		if w := m.find(ev.Worker); w != nil {
+			m.onHealthChecked(w, ev.Err)
 		}
 	case TimerFired:
 		m.onTimer(ev.Timer)
@@ -183,6 +188,8 @@ func (m *Machine) onTimer(id TimerID) {
 		if sl.cur == nil && !m.stopping && !t.g.awaitsCandidate(t.slotID) {
 			m.fill(t.g, t.slotID)
 		}
+	case bakeEnd:
+		m.onBakeEnd(t.g)
 	}
 }
 
@@ -288,6 +295,9 @@ func (m *Machine) onExit(w *worker, status string, tail []string) {
 		w.failure = "exited with " + status
 		if prev == Starting {
 			w.failure += " before it was ready"
+		}
+		if m.inBake(w) {
+			w.failure = m.bakeExit(w, status)
 		}
 	}
 	switch w.role {

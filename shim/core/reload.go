@@ -31,6 +31,9 @@ import (
 //   - parallel: the whole new generation starts at once; when all are ready,
 //     the whole old one drains. Any failure first rolls everything back.
 //
+// With promote_after, the canary (rolling) or the whole new generation
+// (parallel) first bakes beside the old workers; see promote.go.
+//
 // Reload requests that arrive while a reload runs wait for it and are then
 // all answered by one more reload. A reload is answered once the workers it
 // drained have closed the listening sockets (AwaitRelease), so that new
@@ -189,6 +192,9 @@ func (m *Machine) rolloutsRunning() int {
 // advance starts whatever the group's strategy allows next.
 func (m *Machine) advance(g *group) {
 	ro := g.rollout
+	if ro.baking() {
+		return // the workers after the canary wait for its promotion
+	}
 	inflight := 0
 	for _, w := range ro.pending() {
 		if w.state == Starting {
@@ -225,6 +231,28 @@ func (m *Machine) rolloutReady(w *worker) {
 	ro := g.rollout
 	m.progress("%s: ready after %s", w, w.readyAt.Sub(w.started).Round(time.Millisecond))
 	m.extendTimeout(ro.cfg.ReadyTimeout + 5*time.Second)
+	if ro.parallel() {
+		for _, p := range ro.workers {
+			if p == nil || p.state != Ready {
+				return
+			}
+		}
+	}
+	if ro.shouldBake() {
+		bake := []*worker{w} // rolling: the canary
+		if ro.parallel() {
+			bake = ro.workers
+		}
+		m.startBake(g, bake)
+		return
+	}
+	m.serveReady(g, w)
+}
+
+// serveReady moves ready candidates into their slots (parallel: all of
+// them, rolling: w) and starts what comes next.
+func (m *Machine) serveReady(g *group, w *worker) {
+	ro := g.rollout
 	if !ro.canaryOK {
 		ro.canaryOK = true
 		if !ro.parallel() {
@@ -234,11 +262,6 @@ func (m *Machine) rolloutReady(w *worker) {
 		}
 	}
 	if ro.parallel() {
-		for _, p := range ro.workers {
-			if p == nil || p.state != Ready {
-				return
-			}
-		}
 		g.cfg, g.gen = ro.cfg, ro.gen
 		for _, p := range ro.workers {
 			m.takeSlot(p)
@@ -273,7 +296,7 @@ func (m *Machine) takeSlot(w *worker) {
 // out.
 func (m *Machine) rolloutFailed(w *worker) {
 	m.retireWorker(w)
-	why := fmt.Sprintf("%s (generation %d", w, w.gen)
+	why := fmt.Sprintf("%s%s (generation %d", m.bakeRole(w), w, w.gen)
 	if w.pid != 0 {
 		why += fmt.Sprintf(", pid %d", w.pid)
 	}
@@ -307,6 +330,7 @@ func (m *Machine) rolloutEnd(g *group, err error) {
 func (m *Machine) endRollout(g *group, err error) {
 	ro := g.rollout
 	g.rollout = nil
+	m.endBake(ro)
 	r := m.reload
 	if err != nil {
 		m.dropCandidates(ro)
@@ -492,6 +516,7 @@ func (m *Machine) retire(g *group) {
 	}
 	if g.rollout != nil {
 		m.dropCandidates(g.rollout)
+		m.endBake(g.rollout)
 		g.rollout = nil
 	}
 	g.slots = nil
@@ -525,6 +550,7 @@ func (m *Machine) abortReload(err error) {
 		for _, g := range m.groups {
 			if g.rollout != nil {
 				m.dropCandidates(g.rollout)
+				m.endBake(g.rollout)
 				g.rollout = nil
 			}
 		}

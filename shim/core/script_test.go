@@ -25,7 +25,8 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of testda
 // to be read and checked by a human before committing.
 //
 // Commands: config (TOML below it: the config on disk), config-error MSG,
-// spawn-fail on|off, boot, ready W, status W TEXT, probed W, exit W
+// spawn-fail on|off, boot, ready W, status W TEXT, probed W, healthy W,
+// unhealthy W ERROR, exit W
 // [STATUS...], advance DURATION (fires due timers in order), reload, released
 // GEN [PID...], stop [force], show. W is a worker's id as w3. Outcomes the
 // executor knows at once (Spawned or SpawnFailed after Start, ConfigLoaded
@@ -164,6 +165,10 @@ func (h *harness) do(t *testing.T, path string, b block) []string {
 		h.step(Notified{Worker: worker(1), Msg: notify.Message{Fields: []notify.Field{{Key: "STATUS", Value: strings.Join(f[2:], " ")}}}})
 	case "probed":
 		h.step(Probed{Worker: worker(1)})
+	case "healthy":
+		h.step(HealthChecked{Worker: worker(1)})
+	case "unhealthy":
+		h.step(HealthChecked{Worker: worker(1), Err: errors.New(strings.Join(f[2:], " "))})
 	case "exit":
 		status := "exit status 1"
 		if len(f) > 2 {

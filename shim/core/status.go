@@ -46,7 +46,7 @@ func (m *Machine) statusLine() string {
 	}
 	line := fmt.Sprintf("gen %d: %s", m.servingGen(), strings.Join(parts, ", "))
 	if r := m.reload; r != nil && !r.loading && r.result == nil {
-		line += fmt.Sprintf("; reloading to gen %d", r.gen)
+		line += fmt.Sprintf("; reloading to gen %d", r.gen) + m.bakeStatus()
 	}
 	if len(drainingByGen) > 0 {
 		var d []string
@@ -97,6 +97,8 @@ func (m *Machine) Status(now time.Time) control.Status {
 	switch {
 	case m.stopping:
 		st.State = "stopping"
+	case m.baking():
+		st.State = "baking"
 	case m.reload != nil:
 		st.State = "reloading"
 	case !m.readySent:

@@ -103,6 +103,7 @@ type rollout struct {
 	workers  []*worker // candidates by slot; nil until started
 	next     int       // next slot to start
 	canaryOK bool
+	bake     *bake // promote_after: set once the first new workers are ready
 }
 
 // pending returns the rollout's candidates that have not taken their slot.
