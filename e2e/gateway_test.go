@@ -195,7 +195,7 @@ TimeoutStopSec=30
 		// The next reload waits for this one's version to reach every
 		// client, so each reload's version can be checked.
 		everyone(v, 5*time.Second)
-		if d := returned[i].Add(seenWithin).Sub(time.Now()); d > 0 {
+		if d := time.Until(returned[i].Add(seenWithin)); d > 0 {
 			time.Sleep(d)
 		}
 	}
