@@ -73,29 +73,43 @@ func BenchmarkReport(b *testing.B) {
 	for _, c := range []struct {
 		strategy string
 		post     bool // keep-alive POSTs, which the load client never retries
-	}{{"rolling", false}, {"parallel", false}, {"rolling", true}} {
-		name, unit, o := "sockshim "+c.strategy+", 4 workers", "bench-"+c.strategy, load.Options{Concurrency: 16}
+		clients  int
+	}{{"rolling", false, 16}, {"parallel", false, 16}, {"rolling", true, 16}, {"rolling", false, 4}} {
+		name, unit, o := "sockshim "+c.strategy+", 4 workers", "bench-"+c.strategy, load.Options{Concurrency: c.clients}
 		steady := steadyP99.String() // measured with new-connection GETs only
 		if c.post {
 			name, unit, o.KeepAlive, o.PostBytes, steady = name+", keep-alive POSTs of 4 KiB", unit+"-post", true, 4096, "-"
 		}
+		if c.clients != 16 {
+			name, unit = fmt.Sprintf("%s, %d clients (CPU not saturated)", name, c.clients), fmt.Sprintf("%s-%d", unit, c.clients)
+		}
 		step(name)
 		a := installApp(b, m, bb, unit, workerConfig(bb, "v1", c.strategy, 1, 4))
 		a.activate(b)
+		if c.clients != 16 {
+			// Its own steady p99, with as many clients, just before.
+			steady = runLoad(b, a.url, c.clients, 4*time.Second, false).P99.Round(10 * time.Microsecond).String()
+		}
 		pid := status(b, a.ctl).PID
 		cpu0 := cpuTime(pid)
-		res, serving, gone, marks := reloadSeries(b, m, a, unit, reloads, o)
+		sr := reloadSeries(b, m, a, unit, reloads, o)
 		cpu := cpuTime(pid) - cpu0
+		res := sr.res
 		r.add("| %s | %d | %s | %s | %s | %s | %s / %s | %s / %s |\n", name, res.Requests, failedCell(res),
-			res.LongestGap.Round(time.Millisecond), steady, res.P99.Round(10*time.Microsecond), pct(serving, 50), pct(serving, 99), pct(gone, 50), pct(gone, 99))
-		if c.post {
+			res.LongestGap.Round(time.Millisecond), steady, res.P99.Round(10*time.Microsecond), pct(sr.serving, 50), pct(sr.serving, 99), pct(sr.gone, 50), pct(sr.gone, 99))
+		if c.post || c.clients != 16 {
 			continue
 		}
 		r.resources = append(r.resources, fmt.Sprintf("| %s | %d KiB | %s |", c.strategy, rssKiB(pid), (cpu/time.Duration(reloads)).Round(10*time.Microsecond)))
+		r.stalls = append(r.stalls, stallSection("sockshim "+c.strategy, res, sr.spans, parseLog(m.Log()), 3*steadyP99, sr.pressure, sr.clientWait))
 		if plotRes == nil {
-			plotRes, plotMarks = res, marks
+			plotRes, plotMarks = res, sr.marks
 		}
 	}
+	step("sockshim rolling, load client in its own process")
+	ext := externalClientSeries(b, m, bb, "bench-rolling-ext", reloads)
+	r.add("| sockshim rolling, 4 workers, load client in a process of its own | %d | %s | %s | %s | %s | - | - |\n", ext.Requests, failedCell(ext),
+		ext.LongestGap.Round(time.Millisecond), steadyP99, ext.P99.Round(10*time.Microsecond))
 	for _, drain := range []string{"tracked", "shutdown"} {
 		step("restarts without sockshim, drain=" + drain)
 		url := plainUnit(b, m, bb, "bench-plain-"+drain, drain)
@@ -104,6 +118,8 @@ func BenchmarkReport(b *testing.B) {
 			res.LongestGap.Round(time.Millisecond), steadyP99, res.P99.Round(10*time.Microsecond), pct(lat, 50), pct(lat, 99))
 	}
 	r.add("\ndrain=tracked is examples/gracefulhttp; drain=shutdown is `http.Server.Shutdown` alone (see README).\n\n")
+	r.add("## Where the gaps come from\n\nEach gap (a time in which no request was answered) placed on its reload's timeline: the step sockshim had last logged, counted from `systemctl reload` being run.\n\n%s", strings.Join(r.stalls, ""))
+	r.add("%s\n\n", stallCause)
 
 	r.add("## sockshim's own cost\n\n| strategy | RSS after %d reloads | CPU time per reload |\n|---|---|---|\n%s\n\n", reloads, strings.Join(r.resources, "\n"))
 	step("exec costs")
@@ -116,6 +132,9 @@ func BenchmarkReport(b *testing.B) {
 	step("faults")
 	kills, leaks := killSeries(b, 200), reloadLeaks(b, 1000)
 	r.add("## Faults (e2e/faults_test.go at full counts)\n\n| fault | what happened |\n|---|---|\n| SIGKILL of a worker at a random moment, 3 workers, 8 new-connection clients | %s |\n| reloads in a row, then a storm | %s |\n\n", kills, leaks)
+
+	step("long-lived connections")
+	r.add("%s\n", gatewayReport(b, bb, m))
 
 	svg := plot(plotRes, plotMarks)
 	if err := os.WriteFile("../results/reload-latency.svg", []byte(svg), 0o644); err != nil {
@@ -131,6 +150,7 @@ func BenchmarkReport(b *testing.B) {
 type report struct {
 	sb        strings.Builder
 	resources []string
+	stalls    []string
 }
 
 func (r *report) add(format string, args ...any) { fmt.Fprintf(&r.sb, format, args...) }
@@ -214,29 +234,45 @@ func pct(ds []time.Duration, p int) time.Duration {
 // here) and returns the load result, the time of each reload until the new
 // generation served (systemctl reload returning) and until the old one was
 // gone, and the reload moments.
-func reloadSeries(tb testing.TB, m *testenv.Manager, a *app, unit string, n int, o load.Options) (*load.Result, []time.Duration, []time.Duration, []time.Duration) {
-	var serving, gone, marks []time.Duration
+// series is what a reload series measured.
+type series struct {
+	res           *load.Result
+	serving, gone []time.Duration // per reload: until `systemctl reload` returned; until the old generation exited
+	marks         []time.Duration // reload requests, since the series began
+	spans         []reloadSpan
+	pressure      float64 // share of the time some task waited for a CPU
+	clientWait    float64 // the load client's threads' wait for a CPU, summed, per second
+}
+
+func reloadSeries(tb testing.TB, m *testenv.Manager, a *app, unit string, n int, o load.Options) *series {
+	var sr series
 	began := time.Now()
 	o.URL, o.RecordSamples = a.url, true
 	// The old generation is sockshim's children before the reload; their
 	// exits are watched through pidfds, so that measuring costs sockshim
 	// nothing (polling its control socket would).
 	sup := status(tb, a.ctl).PID
-	res := underLoad(tb, o, func() {
+	psi0, wait0 := cpuPressure(), runDelay(os.Getpid())
+	sr.res = underLoad(tb, o, func() {
 		for range n {
 			old, err := procfs.Children(sup)
 			if err != nil {
 				tb.Fatalf("children of sockshim (pid %d): %v", sup, err)
 			}
 			start := time.Now()
-			marks = append(marks, start.Sub(began))
+			sr.marks = append(sr.marks, start.Sub(began))
 			m.MustSystemctl(tb, "reload", unit+".service")
-			serving = append(serving, time.Since(start))
+			returned := time.Now()
+			sr.serving = append(sr.serving, returned.Sub(start))
 			awaitExit(tb, old)
-			gone = append(gone, time.Since(start))
+			sr.gone = append(sr.gone, time.Since(start))
+			sr.spans = append(sr.spans, reloadSpan{start, returned, time.Now()})
 		}
 	})
-	return res, serving, gone, marks
+	elapsed := time.Since(began)
+	sr.pressure = float64(cpuPressure()-psi0) / float64(elapsed)
+	sr.clientWait = float64(runDelay(os.Getpid())-wait0) / float64(elapsed)
+	return &sr
 }
 
 // awaitExit waits until every process of pids has exited, through pidfds
