@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -342,5 +343,33 @@ func TestTrampolineMissingCommand(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "/nonexistent/app") {
 		t.Errorf("error %q does not name the command", out)
+	}
+}
+
+// TestTrampolineName: while it waits for its sockets, the trampoline is
+// named for what it is in ps and top, not "4" (ImagePath's last element).
+func TestTrampolineName(t *testing.T) {
+	a, b := pair(t)
+	cmd := exec.Command(os.Args[0], TrampolineArg, "--", "/bin/true")
+	cmd.ExtraFiles = []*os.File{b}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	want := BinaryName[:15] // TASK_COMM_LEN - 1
+	var comm string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if comm = strings.TrimSpace(string(raw)); comm == want {
+			break
+		}
+	}
+	a.Close() // the trampoline gives up: peer closed before sending
+	cmd.Wait()
+	if comm != want {
+		t.Errorf("the waiting trampoline is named %q, want %q", comm, want)
 	}
 }

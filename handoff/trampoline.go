@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -101,6 +102,10 @@ func Trampoline(argv []string) error {
 // thread of its own (the runtime's template thread), which measurably
 // slows this start.
 func Main(args []string) {
+	// Exec'd through ImagePath, the process would be named "4" in ps and
+	// top until it becomes the worker.
+	name, _ := unix.BytePtrFromString(BinaryName)
+	unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(name)), 0, 0, 0)
 	if len(args) > 0 && args[0] == "--" {
 		args = args[1:]
 	}
