@@ -27,6 +27,11 @@ type checker struct {
 	readyOnce bool
 	stopAsked bool
 
+	// promote_after: when each worker became ready, health probes passed.
+	readySince   map[WorkerID]time.Time
+	healthOK     map[WorkerID]int
+	bakingBefore []WorkerID // of the step in progress
+
 	// What the counters must say, as seen from events and effects.
 	ok, failed int
 	byCause    map[Cause]int
@@ -37,7 +42,8 @@ type checker struct {
 func newChecker(m *Machine) *checker {
 	return &checker{m: m, started: map[WorkerID]bool{}, reaped: map[WorkerID]bool{}, stopped: map[WorkerID]bool{},
 		candGen: map[WorkerID]int{}, wasReady: map[WorkerID]bool{}, failedGen: map[int]bool{}, answered: map[WaiterID]int{},
-		byCause: map[Cause]int{}, firstCause: map[int]Cause{}, groups: map[string]*groupCounters{}}
+		byCause: map[Cause]int{}, firstCause: map[int]Cause{}, groups: map[string]*groupCounters{},
+		readySince: map[WorkerID]time.Time{}, healthOK: map[WorkerID]int{}}
 }
 
 // step applies ev and returns the first invariant it breaks, or "".
@@ -45,8 +51,17 @@ func (c *checker) step(now time.Time, ev Event) string {
 	m := c.m
 	// Serving workers before the step: ready and in their slot.
 	serving := map[WorkerID]bool{}
+	wasCandidate := map[WorkerID]bool{}
+	baked := map[WorkerID]bool{} // baking, or promotion of its canary done
+	c.bakingBefore = c.bakingBefore[:0]
 	for _, w := range m.workers {
 		serving[w.id] = w.state == Ready && w.role == inSlot
+		wasCandidate[w.id] = w.role == candidate
+		ro := w.group.rollout
+		baked[w.id] = m.inBake(w) || ro != nil && ro.bake != nil && ro.bake.done && ro.gen == w.gen
+		if m.inBake(w) {
+			c.bakingBefore = append(c.bakingBefore, w.id)
+		}
 	}
 	reloadBefore := m.reload
 	var reloadGen int
@@ -61,6 +76,18 @@ func (c *checker) step(now time.Time, ev Event) string {
 	case Exited:
 		if g, ok := c.candGen[ev.Worker]; ok && !c.wasReady[ev.Worker] && !c.stopAsked {
 			c.failedGen[g] = true
+		}
+		// A baking worker that exits fails its reload.
+		if w := m.find(ev.Worker); w != nil && m.inBake(w) && !m.stopping {
+			c.failedGen[w.gen] = true
+		}
+	case HealthChecked:
+		if w := m.find(ev.Worker); w != nil && w.probing && m.inBake(w) && !m.stopping {
+			if ev.Err != nil {
+				c.failedGen[w.gen] = true
+			} else {
+				c.healthOK[w.id]++
+			}
 		}
 	case SpawnFailed:
 		if g, ok := c.candGen[ev.Worker]; ok && !c.stopAsked {
@@ -83,7 +110,13 @@ func (c *checker) step(now time.Time, ev Event) string {
 	for _, w := range m.workers {
 		if w.state == Ready {
 			c.wasReady[w.id] = true
+			if _, ok := c.readySince[w.id]; !ok {
+				c.readySince[w.id] = now
+			}
 		}
+	}
+	if msg := c.checkPromotion(now, wasCandidate, baked); msg != "" {
+		return msg
 	}
 	// A reload that ended in this step with success, not by a stop.
 	succeeded := reloadBefore != nil && m.reload != reloadBefore && !m.stopping &&
@@ -182,6 +215,10 @@ func (c *checker) causeOf(ev Event, reloadGen int) Cause {
 	case Exited:
 		if candidate(ev.Worker) {
 			note(CauseExit)
+		}
+	case HealthChecked:
+		if w := m.find(ev.Worker); ev.Err != nil && candidate(ev.Worker) && w.probing && m.inBake(w) {
+			note(CauseHealth)
 		}
 	case TimerFired:
 		if t, ok := m.timers[ev.Timer]; ok && t.kind == readyTimeout && t.w.state == Starting && candidate(t.w.id) {
@@ -310,12 +347,44 @@ func (c *checker) checkStopOfServing(id WorkerID, wasServing bool, e Effect) str
 	if slices.Contains(m.retired, w.group) || w.slot >= len(w.group.slots) {
 		return "" // its group left the config, or its slot a smaller count
 	}
+	if w.group.rollout.baking() {
+		return fmt.Sprintf("ready worker w%d (gen %d) signalled while generation %d of %s bakes", id, w.gen, w.group.rollout.gen, w.group.cfg.Name)
+	}
+	// The newer worker serves in its slot: promoted, not merely ready.
 	for _, x := range m.workers {
-		if x.group == w.group && x.state == Ready && x.gen > w.gen {
+		if x.group == w.group && x.state == Ready && x.role == inSlot && x.gen > w.gen {
 			return ""
 		}
 	}
-	return fmt.Sprintf("ready worker w%d (gen %d) signalled while no newer generation of %s is ready", id, w.gen, w.group.cfg.Name)
+	return fmt.Sprintf("ready worker w%d (gen %d) signalled while no newer generation of %s serves in a slot", id, w.gen, w.group.cfg.Name)
+}
+
+// checkPromotion: with promote_after, a new worker takes its slot only
+// after a bake: its own (the canary, or each of a parallel generation),
+// which lasted promote_after, with a passed health probe when one is set and
+// no failure in its generation; or its canary's, once that was promoted.
+func (c *checker) checkPromotion(now time.Time, wasCandidate, baked map[WorkerID]bool) string {
+	for _, w := range c.m.workers {
+		if !wasCandidate[w.id] || w.role != inSlot || w.cfg.PromoteAfter == 0 {
+			continue
+		}
+		if !baked[w.id] {
+			return fmt.Sprintf("w%d (%s, gen %d) took its slot without a bake", w.id, w, w.gen)
+		}
+		if !slices.Contains(c.bakingBefore, w.id) {
+			continue // after its canary's promotion
+		}
+		if served := now.Sub(c.readySince[w.id]); served < w.cfg.PromoteAfter {
+			return fmt.Sprintf("w%d (%s, gen %d) promoted after serving %s, less than promote_after %s", w.id, w, w.gen, served, w.cfg.PromoteAfter)
+		}
+		if healthProbe(w.cfg) != "" && c.healthOK[w.id] == 0 {
+			return fmt.Sprintf("w%d (%s, gen %d) promoted without a passed health probe", w.id, w, w.gen)
+		}
+		if c.failedGen[w.gen] {
+			return fmt.Sprintf("w%d (%s, gen %d) promoted though its generation failed", w.id, w, w.gen)
+		}
+	}
+	return ""
 }
 
 // checkReloadSignal: a signal that does not drain its worker is the

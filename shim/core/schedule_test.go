@@ -97,7 +97,7 @@ func (v *violation) report() string {
 func configString(cfg *config.Config) string {
 	var gs []string
 	for _, w := range cfg.Workers {
-		gs = append(gs, fmt.Sprintf("%s×%d %s surge=%d ready=%s reloadable=%v reload_signal=%d", w.Name, w.Count, w.Strategy, w.Surge, w.Ready, w.Reloadable, w.ReloadSignal))
+		gs = append(gs, fmt.Sprintf("%s×%d %s surge=%d ready=%s reloadable=%v reload_signal=%d promote_after=%s health=%q", w.Name, w.Count, w.Strategy, w.Surge, w.Ready, w.Reloadable, w.ReloadSignal, w.PromoteAfter, healthProbe(w)))
 	}
 	return "{" + strings.Join(gs, "; ") + "}"
 }
@@ -169,6 +169,10 @@ func (w *world) replayStep(ev Event) string {
 		if w.procs[ev.Worker] == nil {
 			return ""
 		}
+	case HealthChecked:
+		if w.procs[ev.Worker] == nil {
+			return ""
+		}
 	}
 	return w.feed(ev)
 }
@@ -196,6 +200,7 @@ type simProc struct {
 	signalled, killed, probing, stubborn bool
 	reloadSignalled                      bool // got a reload_signal: it may die of it
 	readyMode                            config.ReadyMode
+	health, healthPassed                 bool // health probe running; one run passed
 }
 
 func randomConfig(rng *rand.Rand) *config.Config {
@@ -218,6 +223,16 @@ func randomConfig(rng *rand.Rand) *config.Config {
 		}
 		if !w.Reloadable && rng.IntN(2) == 0 {
 			w.ReloadSignal = syscall.SIGHUP
+		}
+		w.HealthInterval = config.DefaultHealthInterval
+		if rng.IntN(3) == 0 {
+			w.PromoteAfter = time.Duration(1+rng.IntN(10)) * time.Second
+			switch rng.IntN(3) {
+			case 0:
+				w.HealthCommand = []string{"health"}
+			case 1:
+				w.HealthURL = "http://127.0.0.1:8080/health"
+			}
 		}
 		cfg.Workers = append(cfg.Workers, w)
 	}
@@ -396,9 +411,13 @@ func (w *world) react(ev Event, effects []Effect) {
 			if p := w.procs[e.Worker]; p != nil {
 				p.probing = true
 			}
+		case StartHealth:
+			if p := w.procs[e.Worker]; p != nil {
+				p.health, p.healthPassed = true, false
+			}
 		case StopProbe:
 			if p := w.procs[e.Worker]; p != nil {
-				p.probing = false
+				p.probing, p.health = false, false
 			}
 		case SetTimer:
 			w.timers[e.Timer] = w.now.Add(e.After)
@@ -453,7 +472,13 @@ func (w *world) randomEvent(settling bool) Event {
 				return Notified{Worker: id, Msg: notify.Message{Fields: []notify.Field{{Key: "STATUS", Value: "\x1b[2Jbusy"}}}}
 			}
 		case k < 10:
-			if id, p := pick(); p != nil && p.probing {
+			id, p := pick()
+			switch {
+			case p != nil && p.health && rng.IntN(4) == 0:
+				return HealthChecked{Worker: id, Err: errors.New("exit status 1: unhealthy")}
+			case p != nil && p.health:
+				return HealthChecked{Worker: id}
+			case p != nil && p.probing:
 				return Probed{Worker: id}
 			}
 		case k < 14: // time passes; a due timer fires, maybe late
@@ -512,6 +537,12 @@ func (w *world) progressEvent() Event {
 			return Notified{Worker: id, Msg: notify.Message{PID: 1000 + int(id), Fields: []notify.Field{{Key: "READY", Value: "1"}}}}
 		case p.readyMode == config.ReadyCommand && p.probing:
 			return Probed{Worker: id}
+		}
+	}
+	for _, id := range ids {
+		if p := w.procs[id]; p.health && !p.healthPassed {
+			p.healthPassed = true
+			return HealthChecked{Worker: id}
 		}
 	}
 	for _, id := range ids {
