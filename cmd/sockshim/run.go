@@ -18,6 +18,7 @@ import (
 	"github.com/sockshim/sockshim/shim"
 	"github.com/sockshim/sockshim/shim/config"
 	"github.com/sockshim/sockshim/shim/control"
+	"github.com/sockshim/sockshim/shim/metrics"
 	"github.com/sockshim/sockshim/shim/sockets"
 )
 
@@ -79,6 +80,18 @@ func cmdRun(args []string, stderr io.Writer) error {
 	sup, err := shim.New(shim.Options{Config: cfg, Sockets: socks, Logger: log, LoadConfig: reloader(*path, cfg), Instance: ctlPath})
 	if err != nil {
 		return err
+	}
+	if cfg.Metrics.Listen != "" {
+		ms, err := metrics.Listen(cfg.Metrics)
+		if err != nil {
+			return err
+		}
+		defer ms.Close()
+		go func() {
+			if err := ms.Serve(sup.Status, log); err != nil {
+				log.Error("metrics endpoint stopped", "err", err)
+			}
+		}()
 	}
 	go ctl.Serve(sup)
 	go forwardSignals(sup, log)
