@@ -71,6 +71,13 @@ func (s *Supervisor) runProbe(ctx context.Context, argv, env []string, stdout, s
 	cmd.Env = append(publicEnv(s.baseEnv), env...)
 	cmd.WaitDelay = time.Second
 	cmd.Stdout, cmd.Stderr = stdout, stderr
+	if s.reaper == nil {
+		// Delegated: the probe runs in sockshim's own cgroup.
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		return cmd.Wait()
+	}
 	// Through the reaper, which must know every process sockshim starts.
 	err := s.reaper.Start(cmd)
 	if err == nil {

@@ -48,6 +48,9 @@ func main() {
 	daemonize := flag.String("daemonize", "", `before READY=1, start a copy of this program in a new session that serves the listening sockets with version VERSION-daemon, then "exit" (status 0) or "stay" (carry on as usual)`)
 	daemonPIDFile := flag.String("daemon-pidfile", "", "where the -daemonize copy writes its pid")
 	daemonChild := flag.Bool("daemon-child", false, "internal: serve descriptors 3… as the -daemonize copy")
+	exitAfterReady := flag.Duration("exit-after-ready", 0, "this long after READY=1, drain as on SIGTERM (every accepted request answered) and exit with status 3: a build that dies soon after it started")
+	healthDir := flag.String("health-dir", "", "write DIR/PID: \"ok\" at READY=1, \"failing\" once -health-fail-after passed (for a health_command that checks this very worker)")
+	healthFailAfter := flag.Duration("health-fail-after", 0, "with -health-dir: report failing this long after READY=1 (0: never)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("testworker", *version, "pid", os.Getpid())
 
@@ -106,6 +109,19 @@ func main() {
 	srv.Serve(listeners)
 	daemon.SdNotify(false, "READY=1\nSTATUS=serving "+*version)
 	log.Info("serving", "generation", gen, "worker", id, "listeners", len(listeners))
+	if *healthDir != "" {
+		reportHealth(*healthDir, "ok", log)
+		if *healthFailAfter > 0 {
+			time.AfterFunc(*healthFailAfter, func() { reportHealth(*healthDir, "failing", log) })
+		}
+	}
+	exited := make(chan struct{})
+	if *exitAfterReady > 0 {
+		time.AfterFunc(*exitAfterReady, func() {
+			fmt.Fprintln(os.Stderr, "testworker: exiting after ready, as asked (-exit-after-ready)")
+			close(exited)
+		})
+	}
 	if *crashAfterReady > 0 {
 		time.AfterFunc(*crashAfterReady, func() {
 			fmt.Fprintln(os.Stderr, "testworker: crashing after ready, as asked (-crash-after-ready)")
@@ -117,12 +133,20 @@ func main() {
 			os.Exit(5)
 		})
 	}
-	for sig := range sigs {
-		if sig == syscall.SIGTERM && *ignoreTERM {
-			log.Info("ignoring SIGTERM, as asked (-ignore-sigterm)")
-			continue
+	status := 0
+wait:
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGTERM && *ignoreTERM {
+				log.Info("ignoring SIGTERM, as asked (-ignore-sigterm)")
+				continue
+			}
+			break wait
+		case <-exited:
+			status = 3
+			break wait
 		}
-		break
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *drainTimeout)
 	defer cancel()
@@ -136,6 +160,20 @@ func main() {
 		os.Exit(1)
 	}
 	log.Info("drained")
+	os.Exit(status)
+}
+
+// reportHealth writes what this worker says of its health to DIR/PID,
+// atomically.
+func reportHealth(dir, state string, log *slog.Logger) {
+	path := filepath.Join(dir, strconv.Itoa(os.Getpid()))
+	if err := os.WriteFile(path+".tmp", []byte(state+"\n"), 0o644); err != nil {
+		log.Error("health report", "err", err)
+		return
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		log.Error("health report", "err", err)
+	}
 }
 
 // snapshot records what this process inherited: the descriptors without
