@@ -154,7 +154,9 @@ func TestMetrics(t *testing.T) {
 	dir := testenv.NobodyDir(t) // 0755: only the socket's own mode keeps others out
 	sock := filepath.Join(dir, "metrics.sock")
 	metricsTable := fmt.Sprintf("\n[metrics]\nlisten = %q\n", "unix:"+sock)
-	good := func(v string, extra ...string) string { return workerConfig(b, v, "rolling", 1, 2, extra...) + metricsTable }
+	good := func(v string, extra ...string) string {
+		return workerConfig(b, v, "rolling", 1, 2, extra...) + metricsTable
+	}
 	a := startServing(t, b, good("v1"))
 	s := newScraper(sock)
 	w := want{byCause: map[string]int{}, generation: 1}
