@@ -285,6 +285,12 @@ func TestMetrics(t *testing.T) {
 	}
 	w.generation = handed
 	w.check(t, s, a)
+	text, err := exec.Command(a.b.sockshim, "status", "-c", a.cfgPath).Output()
+	line := fmt.Sprintf("reloads: %d succeeded, %d failed (config 1, exit 1); workers: %d respawned, %d drained, %d killed at drain_timeout",
+		w.succeeded, w.failed, w.respawns, w.drains, w.kills)
+	if err != nil || !strings.Contains(string(text), line) {
+		t.Errorf("sockshim status lacks %q: %v\n%s", line, err, text)
+	}
 	if !strings.Contains(a.sup.output(), "still running at drain_timeout") {
 		t.Errorf("the kills at drain_timeout are not logged")
 	}

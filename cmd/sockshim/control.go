@@ -79,8 +79,8 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(st)
 	}
-	fmt.Fprintf(stdout, "sockshim pid %d, %s, up %s, %d reloads\n%s\n\n", st.PID, st.State,
-		time.Since(st.Started).Round(time.Second), st.Reloads, st.Line)
+	fmt.Fprintf(stdout, "sockshim pid %d, %s, up %s, %d reloads\n%s\n%s\n\n", st.PID, st.State,
+		time.Since(st.Started).Round(time.Second), st.Reloads, st.Line, countersLine(st.Counters))
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "GROUP\tID\tPID\tGEN\tSTATE\tREADY AFTER\tUPTIME\tRESTARTS\tCPU\tMEMORY\tSTATUS")
 	for _, g := range st.Groups {
@@ -117,4 +117,25 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 		sep = ""
 	}
 	return nil
+}
+
+// countersLine sums up the counters in one line, e.g. "reloads: 7
+// succeeded, 2 failed (config 1, exit 1); workers: 3 respawned, 14 drained,
+// 2 killed at drain_timeout". status -json has them all.
+func countersLine(c control.Counters) string {
+	var causes []string
+	for _, cause := range []string{"config", "spawn", "exit", "ready_timeout", "health", "stopped"} {
+		if n := c.FailedByCause[cause]; n > 0 {
+			causes = append(causes, fmt.Sprintf("%s %d", cause, n))
+		}
+	}
+	line := fmt.Sprintf("reloads: %d succeeded, %d failed", c.ReloadsSucceeded, c.ReloadsFailed)
+	if len(causes) > 0 {
+		line += " (" + strings.Join(causes, ", ") + ")"
+	}
+	var respawns, drains, kills int
+	for _, g := range c.Groups {
+		respawns, drains, kills = respawns+g.Respawns, drains+g.Drains, kills+g.DeadlineKills
+	}
+	return line + fmt.Sprintf("; workers: %d respawned, %d drained, %d killed at drain_timeout", respawns, drains, kills)
 }
