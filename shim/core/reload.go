@@ -124,6 +124,9 @@ func (m *Machine) startReload(r *reloadRun, cfg *config.Config) {
 	if m.cfg.Control != cfg.Control {
 		r.notes = append(r.notes, "[control] changed: the control socket is kept for sockshim's life; restart the service to apply")
 	}
+	if m.cfg.Metrics != cfg.Metrics {
+		r.notes = append(r.notes, "[metrics] changed: the metrics endpoint is kept for sockshim's life; restart the service to apply")
+	}
 	for _, gc := range cfg.Workers {
 		g := m.findGroup(gc.Name)
 		switch {
