@@ -133,6 +133,9 @@ func BenchmarkReport(b *testing.B) {
 	kills, leaks := killSeries(b, 200), reloadLeaks(b, 1000)
 	r.add("## Faults (e2e/faults_test.go at full counts)\n\n| fault | what happened |\n|---|---|\n| SIGKILL of a worker at a random moment, 3 workers, 8 new-connection clients | %s |\n| reloads in a row, then a storm | %s |\n\n", kills, leaks)
 
+	step("promote_after")
+	r.add("%s\n", promoteReport(b, bb, m))
+
 	step("long-lived connections")
 	r.add("%s\n", gatewayReport(b, bb, m))
 
