@@ -100,7 +100,7 @@ type WorkerStatus struct {
 	ID         int           `json:"id"`
 	PID        int           `json:"pid"`
 	Generation int           `json:"generation"`
-	State      string        `json:"state"` // starting, ready, draining
+	State      string        `json:"state"` // starting, baking, ready, draining
 	Started    time.Time     `json:"started"`
 	ReadyAt    time.Time     `json:"ready_at,omitzero"`
 	Uptime     time.Duration `json:"uptime_ns"`
