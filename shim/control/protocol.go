@@ -29,7 +29,7 @@ type Status struct {
 	PID        int       `json:"pid"`
 	Config     string    `json:"config"`
 	Generation int       `json:"generation"`
-	State      string    `json:"state"` // starting, serving, reloading, stopping
+	State      string    `json:"state"` // starting, serving, reloading, baking (a reload's new workers on probation), stopping
 	Line       string    `json:"status_line"`
 	Started    time.Time `json:"started"`
 	Reloads    int       `json:"reloads"`
@@ -100,7 +100,7 @@ type WorkerStatus struct {
 	ID         int           `json:"id"`
 	PID        int           `json:"pid"`
 	Generation int           `json:"generation"`
-	State      string        `json:"state"` // starting, baking, ready, draining
+	State      string        `json:"state"` // starting, ready, draining
 	Started    time.Time     `json:"started"`
 	ReadyAt    time.Time     `json:"ready_at,omitzero"`
 	Uptime     time.Duration `json:"uptime_ns"`
