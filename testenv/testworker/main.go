@@ -107,13 +107,15 @@ func main() {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	srv.Serve(listeners)
-	daemon.SdNotify(false, "READY=1\nSTATUS=serving "+*version)
-	log.Info("serving", "generation", gen, "worker", id, "listeners", len(listeners))
+	// Healthy before READY=1: a health probe may run the moment sockshim
+	// hears it.
 	if *healthDir != "" {
 		reportHealth(*healthDir, "ok", log)
-		if *healthFailAfter > 0 {
-			time.AfterFunc(*healthFailAfter, func() { reportHealth(*healthDir, "failing", log) })
-		}
+	}
+	daemon.SdNotify(false, "READY=1\nSTATUS=serving "+*version)
+	log.Info("serving", "generation", gen, "worker", id, "listeners", len(listeners))
+	if *healthDir != "" && *healthFailAfter > 0 {
+		time.AfterFunc(*healthFailAfter, func() { reportHealth(*healthDir, "failing", log) })
 	}
 	exited := make(chan struct{})
 	if *exitAfterReady > 0 {
