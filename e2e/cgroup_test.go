@@ -146,7 +146,7 @@ func TestCgroupContainment(t *testing.T) {
 	if res := m.Show(t, "cg.service", "Result"); res != "success" {
 		t.Errorf("after stop: Result=%s, want success", res)
 	}
-	if !strings.Contains(m.Log(), "killing processes the worker left behind in its cgroup") {
+	if !strings.Contains(m.Log(), "killed processes the worker left behind in its cgroup") {
 		t.Errorf("sockshim did not report the daemons it killed:\n%s", m.Log())
 	}
 }

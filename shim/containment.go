@@ -41,9 +41,6 @@ func (s *Supervisor) reaped(id core.WorkerID) {
 	delete(s.procs, id)
 	p.proxy.Close()
 	if p.cg != nil {
-		if busy, err := p.cg.Populated(); err == nil && busy {
-			s.log.Warn("killing processes the worker left behind in its cgroup", "worker", p.name, "cgroup", p.cg.Dir)
-		}
 		s.removeCgroup(p.name, p.cg)
 		return
 	}

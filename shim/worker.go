@@ -221,7 +221,11 @@ func (s *Supervisor) removeCgroup(name string, cg *cgroup.Group) {
 	s.removals.Add(1)
 	go func() {
 		defer s.removals.Done()
-		if err := cg.Remove(2 * time.Second); err != nil {
+		killed, err := cg.Remove(2 * time.Second)
+		if killed {
+			s.log.Warn("killed processes the worker left behind in its cgroup", "worker", name, "cgroup", cg.Dir)
+		}
+		if err != nil {
 			s.log.Error("removing worker's cgroup", "worker", name, "err", err)
 		}
 	}()

@@ -191,7 +191,7 @@ func (t *Tree) New(name string) (*Group, error) {
 	g := &Group{Dir: filepath.Join(t.dir, name)}
 	err := os.Mkdir(g.Dir, 0o755)
 	if errors.Is(err, os.ErrExist) {
-		if err = g.Remove(2 * time.Second); err == nil {
+		if _, err = g.Remove(2 * time.Second); err == nil {
 			err = os.Mkdir(g.Dir, 0o755)
 		}
 	}
@@ -238,39 +238,40 @@ func (g *Group) Populated() (bool, error) {
 }
 
 // Remove kills what is left in the cgroup, waits at most timeout for it to
-// empty and removes it. A cgroup that is already gone is no error.
-func (g *Group) Remove(timeout time.Duration) error {
+// empty and removes it. It reports whether anything was left to kill. A
+// cgroup that is already gone is no error.
+func (g *Group) Remove(timeout time.Duration) (killed bool, err error) {
 	g.Close()
 	// A worker that exited on its own usually left nothing behind: then
 	// there is nothing to kill and no reason to write cgroup.kill.
 	busy, err := g.Populated()
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	if busy {
 		if err := g.Kill(); errors.Is(err, os.ErrNotExist) {
-			return nil
+			return true, nil
 		} else if err != nil {
-			return err
+			return true, err
 		}
 	}
 	deadline := time.Now().Add(timeout)
-	for busy {
+	for left := busy; left; {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("cgroup %s still populated %s after cgroup.kill", g.Dir, timeout)
+			return busy, fmt.Errorf("cgroup %s still populated %s after cgroup.kill", g.Dir, timeout)
 		}
 		time.Sleep(5 * time.Millisecond)
-		if busy, err = g.Populated(); err != nil {
-			return err
+		if left, err = g.Populated(); err != nil {
+			return busy, err
 		}
 	}
 	if err := unix.Rmdir(g.Dir); err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("removing cgroup %s: %w", g.Dir, err)
+		return busy, fmt.Errorf("removing cgroup %s: %w", g.Dir, err)
 	}
-	return nil
+	return busy, nil
 }
 
 // Usage is what a cgroup's processes used so far.

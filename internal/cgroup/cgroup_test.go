@@ -35,12 +35,12 @@ func testTree(t *testing.T) *Tree {
 		for _, e := range entries {
 			if e.IsDir() {
 				g := &Group{Dir: filepath.Join(dir, e.Name())}
-				if err := g.Remove(2 * time.Second); err != nil {
+				if _, err := g.Remove(2 * time.Second); err != nil {
 					t.Error(err)
 				}
 			}
 		}
-		if err := (&Group{Dir: dir}).Remove(2 * time.Second); err != nil {
+		if _, err := (&Group{Dir: dir}).Remove(2 * time.Second); err != nil {
 			t.Error(err)
 		}
 	})
@@ -124,8 +124,8 @@ func TestGroupKillsSetsidDaemon(t *testing.T) {
 	if busy, err := g.Populated(); err != nil || !busy {
 		t.Fatalf("populated %v, %v; want true", busy, err)
 	}
-	if err := g.Remove(5 * time.Second); err != nil {
-		t.Fatal(err)
+	if killed, err := g.Remove(5 * time.Second); err != nil || !killed {
+		t.Fatalf("Remove of a populated cgroup: killed %v, %v; want true, nil", killed, err)
 	}
 	for _, p := range pids {
 		if err := unix.Kill(p, 0); err == nil {

@@ -55,7 +55,18 @@ type StartProbe struct {
 	Config config.Worker
 }
 
-// StopProbe ends a probe started by StartProbe.
+// StartHealth runs the worker's health_command or health_url every
+// Config.HealthInterval, each run bounded by it, answering each with
+// HealthChecked, until StopProbe.
+type StartHealth struct {
+	Worker WorkerID
+	PID    int
+	Slot   int
+	Gen    int
+	Config config.Worker
+}
+
+// StopProbe ends a probe started by StartProbe or StartHealth.
 type StopProbe struct{ Worker WorkerID }
 
 // Notify sends lines to the service manager. Monotonic asks for a
@@ -109,6 +120,9 @@ func (e SetTimer) String() string {
 func (e CancelTimer) String() string { return fmt.Sprintf("cancel t%d", e.Timer) }
 func (e StartProbe) String() string  { return fmt.Sprintf("probe w%d pid %d", e.Worker, e.PID) }
 func (e StopProbe) String() string   { return fmt.Sprintf("stop probe w%d", e.Worker) }
+func (e StartHealth) String() string {
+	return fmt.Sprintf("health probe w%d pid %d every %s", e.Worker, e.PID, e.Config.HealthInterval)
+}
 func (e Notify) String() string {
 	s := "notify " + strings.Join(e.Lines, " ")
 	if e.Monotonic {

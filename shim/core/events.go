@@ -52,6 +52,13 @@ type Notified struct {
 // Probed: the worker's ready_command exited 0.
 type Probed struct{ Worker WorkerID }
 
+// HealthChecked: one run of a baking worker's health probe ended; Err is
+// nil when it passed, else why it failed.
+type HealthChecked struct {
+	Worker WorkerID
+	Err    error
+}
+
 // TimerFired: a timer set by SetTimer ran out. Firing late, or after the
 // timer was cancelled, is harmless.
 type TimerFired struct{ Timer TimerID }
@@ -83,6 +90,7 @@ func (SpawnFailed) isEvent()     {}
 func (Exited) isEvent()          {}
 func (Notified) isEvent()        {}
 func (Probed) isEvent()          {}
+func (HealthChecked) isEvent()   {}
 func (TimerFired) isEvent()      {}
 func (ReloadRequested) isEvent() {}
 func (ConfigLoaded) isEvent()    {}

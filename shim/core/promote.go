@@ -39,30 +39,6 @@ type bake struct {
 	done    bool             // promoted: the rest of the rollout does not bake
 }
 
-// HealthChecked: one run of a baking worker's health probe ended; Err is
-// nil when it passed, else why it failed.
-type HealthChecked struct {
-	Worker WorkerID
-	Err    error
-}
-
-func (HealthChecked) isEvent() {}
-
-// StartHealth runs the worker's health_command or health_url every
-// Config.HealthInterval, each run bounded by it, answering each with
-// HealthChecked, until StopProbe.
-type StartHealth struct {
-	Worker WorkerID
-	PID    int
-	Slot   int
-	Gen    int
-	Config config.Worker
-}
-
-func (e StartHealth) String() string {
-	return fmt.Sprintf("health probe w%d pid %d every %s", e.Worker, e.PID, e.Config.HealthInterval)
-}
-
 // healthProbe names the group's health probe, or "" when it has none.
 func healthProbe(cfg config.Worker) string {
 	switch {
