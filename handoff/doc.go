@@ -2,5 +2,8 @@
 // started worker: a small versioned wire protocol over an AF_UNIX
 // SOCK_SEQPACKET socket with SCM_RIGHTS, and the exec trampoline that turns
 // the received sockets into the systemd socket-activation environment
-// (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID) before exec'ing the worker.
+// (LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID) before exec'ing the worker. The
+// trampoline is its own small binary, sockshim-handoff (cmd/sockshim-handoff),
+// which the supervisor finds and opens once (OpenBinary); sockshim's own
+// binary is the fallback.
 package handoff

@@ -30,10 +30,11 @@ type proc struct {
 }
 
 // spawn starts one worker: the trampoline (sockshim-handoff, or sockshim's
-// own binary in its internal mode) in a new process group, hands it the group's sockets over a
-// SOCK_SEQPACKET pair, and arranges for its exit, notify datagrams and stderr
-// to come back as events. The trampoline then execs the worker command, which
-// keeps the pid. Every error says which step failed.
+// own binary in its internal mode) in a new process group, hands it the
+// group's sockets over a SOCK_SEQPACKET pair, and arranges for its exit,
+// notify datagrams and stderr to come back as events. The trampoline then
+// execs the worker command, which keeps the pid. Every error says which step
+// failed.
 func (s *Supervisor) spawn(e core.Start) (*proc, error) {
 	cfg := e.Config
 	name := fmt.Sprintf("%s[%d]", cfg.Name, e.Slot)
