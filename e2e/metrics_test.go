@@ -17,8 +17,6 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"github.com/sockshim/sockshim/shim/control"
 	"github.com/sockshim/sockshim/testenv"
 	"github.com/sockshim/sockshim/testenv/load"
@@ -51,32 +49,14 @@ func (s *scraper) scrape() (map[string]*dto.MetricFamily, error) {
 	if resp.StatusCode != 200 {
 		return nil, fmt.Errorf("status %d: %s", resp.StatusCode, body)
 	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	return p.TextToMetricFamilies(strings.NewReader(string(body)))
+	return testenv.ParseMetrics(string(body))
 }
 
 // metric is the value of one sample; labels are name, value pairs. A
-// histogram gives its count.
+// histogram gives its count; a missing sample, -1.
 func metric(fams map[string]*dto.MetricFamily, name string, labels ...string) float64 {
-	for _, m := range fams[name].GetMetric() {
-		got := map[string]string{}
-		for _, l := range m.GetLabel() {
-			got[l.GetName()] = l.GetValue()
-		}
-		match := len(got) == len(labels)/2
-		for i := 0; match && i+1 < len(labels); i += 2 {
-			match = got[labels[i]] == labels[i+1]
-		}
-		if match {
-			switch {
-			case m.Counter != nil:
-				return m.GetCounter().GetValue()
-			case m.Gauge != nil:
-				return m.GetGauge().GetValue()
-			case m.Histogram != nil:
-				return float64(m.GetHistogram().GetSampleCount())
-			}
-		}
+	if v, ok := testenv.MetricValue(fams, name, labels...); ok {
+		return v
 	}
 	return -1
 }

@@ -15,10 +15,10 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/sockshim/sockshim/shim/config"
 	"github.com/sockshim/sockshim/shim/control"
+	"github.com/sockshim/sockshim/testenv"
 )
 
 func sampleStatus() control.Status {
@@ -45,8 +45,7 @@ func sampleStatus() control.Status {
 // parse reads the exposition back with Prometheus's own parser.
 func parse(t *testing.T, text string) map[string]*dto.MetricFamily {
 	t.Helper()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(strings.NewReader(text))
+	fams, err := testenv.ParseMetrics(text)
 	if err != nil {
 		t.Fatalf("exposition does not parse: %v\n%s", err, text)
 	}
@@ -55,31 +54,11 @@ func parse(t *testing.T, text string) map[string]*dto.MetricFamily {
 
 func value(t *testing.T, fams map[string]*dto.MetricFamily, name string, labels ...string) float64 {
 	t.Helper()
-	f := fams[name]
-	if f == nil {
-		t.Fatalf("no family %s", name)
+	v, ok := testenv.MetricValue(fams, name, labels...)
+	if !ok {
+		t.Fatalf("%s%v: no such sample", name, labels)
 	}
-	for _, m := range f.GetMetric() {
-		got := map[string]string{}
-		for _, l := range m.GetLabel() {
-			got[l.GetName()] = l.GetValue()
-		}
-		match := len(got) == len(labels)/2
-		for i := 0; match && i+1 < len(labels); i += 2 {
-			match = got[labels[i]] == labels[i+1]
-		}
-		if !match {
-			continue
-		}
-		switch f.GetType() {
-		case dto.MetricType_COUNTER:
-			return m.GetCounter().GetValue()
-		case dto.MetricType_GAUGE:
-			return m.GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("%s%v: no such sample", name, labels)
-	return 0
+	return v
 }
 
 // TestWrite: every number of the status comes out under its name, type and
