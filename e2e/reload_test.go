@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sockshim/sockshim/handoff"
 	"github.com/sockshim/sockshim/internal/procfs"
 	"github.com/sockshim/sockshim/testenv"
 	"github.com/sockshim/sockshim/testenv/load"
@@ -161,8 +162,8 @@ func restartWithoutSockshim(t *testing.T, m *testenv.Manager, b bins, drain stri
 // checkNoLeaks asserts that sockshim has no zombie children and holds
 // exactly the descriptors it needs once old generations are gone: per live
 // worker one notify proxy socket, one stderr pipe and one pidfd (os/exec's
-// handle on the child); besides those only the passed socket and the control
-// socket.
+// handle on the child); besides those only the passed socket, the control
+// socket, its socket to the service manager and the trampoline's image.
 func checkNoLeaks(t *testing.T, a *app) {
 	t.Helper()
 	pid := status(t, a.ctl).PID
@@ -173,7 +174,7 @@ func checkNoLeaks(t *testing.T, a *app) {
 		t.Errorf("zombie children of sockshim: %v", z)
 	}
 	live := len(workerPIDs(status(t, a.ctl), ""))
-	want := map[string]int{"socket": live + 2, "pipe": live, "pidfd": live}
+	want := map[string]int{"socket": live + 3, "pipe": live, "pidfd": live, "trampoline": 1}
 	// The status call's own connection may still be closing on the server
 	// side; the counts must settle to exactly the expected ones.
 	var got map[string]int
@@ -193,6 +194,8 @@ func checkNoLeaks(t *testing.T, a *app) {
 				got["pipe"]++
 			case target == "anon_inode:[pidfd]":
 				got["pidfd"]++
+			case strings.HasSuffix(target, "/"+handoff.BinaryName):
+				got["trampoline"]++
 			}
 		}
 		if maps.Equal(got, want) || time.Now().After(deadline) {
