@@ -127,10 +127,14 @@ func main() {
 	if *crashAfterReady > 0 {
 		time.AfterFunc(*crashAfterReady, func() {
 			fmt.Fprintln(os.Stderr, "testworker: crashing after ready, as asked (-crash-after-ready)")
-			// Twice: an accept that was returning during the first pass
-			// has its descriptor by the second.
-			accepts.held()
-			time.Sleep(20 * time.Millisecond)
+			// Log every connection it will drop, for the test to attribute
+			// each failure: its listeners are closed first (Close returns
+			// once no accept is under way), so none is accepted after the
+			// last look at what it holds. The other workers go on accepting
+			// from the shared sockets.
+			for _, l := range listeners {
+				l.Close()
+			}
 			accepts.held()
 			os.Exit(5)
 		})
