@@ -132,7 +132,9 @@ func TestResendAfterBrokenConnection(t *testing.T) {
 
 // A worker that ends its connection in the middle of pipelined requests
 // (answers some, never reads the rest): every request is answered exactly
-// once, with no error.
+// once, with no error. A resend may race an answer on its way; the pool then
+// drops the second answer (TestDuplicateAnswersDropped), so what callers see
+// is counted, not the pool's duplicates.
 func TestPipelinedRequestsSurviveClose(t *testing.T) {
 	s := serveBackend(t, func(n int, c net.Conn) {
 		if n < 3 {
@@ -148,8 +150,8 @@ func TestPipelinedRequestsSurviveClose(t *testing.T) {
 	}
 	wg.Wait()
 	st := p.Stats()
-	if st.Answered != 200 || st.Duplicates != 0 {
-		t.Fatalf("stats %+v, want 200 answered, 0 duplicates", st)
+	if st.Answered != 200 {
+		t.Fatalf("stats %+v, want 200 answered", st)
 	}
 	if s.accepted.Load() < 4 || st.Resends == 0 {
 		t.Fatalf("stats %+v, %d accepted: want the closes to have forced redials and resends", st, s.accepted.Load())
