@@ -11,9 +11,9 @@ import (
 )
 
 // BinaryName is the trampoline's own binary. It links nothing but this
-// package, so a worker start costs about what any Go program's start costs;
-// sockshim's own binary would run the init of every package it links
-// (net/http, crypto, TOML …) and take about twice as long.
+// package, so a worker start costs little more than any Go program's start
+// (BENCHMARKS.md: 1.3×); sockshim's own binary runs the init of every
+// package it links (net/http, crypto, TOML …) and takes about twice as long.
 const BinaryName = "sockshim-handoff"
 
 // ImageFD is where a starting trampoline finds the binary it is exec'd from

@@ -1,8 +1,8 @@
 // Command sockshim-handoff is the trampoline through which sockshim starts
 // every worker: it receives the worker's sockets over SCM_RIGHTS, sets up
 // the socket-activation environment and execs the worker command, keeping
-// its pid. It links only the handoff package, so it starts as fast as a
-// minimal Go program; sockshim runs it as
+// its pid. It links only the handoff package, so it starts nearly as fast
+// as a minimal Go program; sockshim runs it as
 // `sockshim-handoff __trampoline -- COMMAND ARGS…` and nothing else should.
 package main
 
