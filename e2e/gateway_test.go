@@ -122,17 +122,7 @@ drain_timeout = "5s"
 	}
 	a.rewrite(tb, workers)
 	unit := a.name + ".service"
-	m.WriteUnit(tb, unit, fmt.Sprintf(`[Unit]
-Description=%[1]s under sockshim
-
-[Service]
-Type=notify
-NotifyAccess=main
-ExecStart=%[2]s run -c %[3]s
-ExecReload=%[2]s reload -c %[3]s
-KillMode=mixed
-TimeoutStopSec=30
-`, a.name, bb.sockshim, a.cfgPath))
+	writeService(tb, m, bb, a.name, a.cfgPath, "")
 	m.MustSystemctl(tb, "start", unit)
 	tb.Cleanup(func() { m.Systemctl("stop", unit) })
 

@@ -32,10 +32,19 @@ Backlog=4096
 [Install]
 WantedBy=sockets.target
 `, name, port))
+	writeService(t, m, b, name, a.cfgPath, "Requires="+name+".socket\n")
+	m.MustSystemctl(t, "start", name+".socket")
+	return a
+}
+
+// writeService writes the Type=notify unit name.service that runs sockshim
+// on cfgPath and reloads it with `sockshim reload`; unitExtra goes into its
+// [Unit] section.
+func writeService(t testing.TB, m *testenv.Manager, b bins, name, cfgPath, unitExtra string) {
+	t.Helper()
 	m.WriteUnit(t, name+".service", fmt.Sprintf(`[Unit]
 Description=%[1]s under sockshim
-Requires=%[1]s.socket
-
+%[4]s
 [Service]
 Type=notify
 NotifyAccess=main
@@ -43,9 +52,7 @@ ExecStart=%[2]s run -c %[3]s
 ExecReload=%[2]s reload -c %[3]s
 KillMode=mixed
 TimeoutStopSec=30
-`, name, b.sockshim, a.cfgPath))
-	m.MustSystemctl(t, "start", name+".socket")
-	return a
+`, name, b.sockshim, cfgPath, unitExtra))
 }
 
 // activate sends the first request, which makes systemd start the service,
