@@ -258,24 +258,32 @@ func reloadSeries(tb testing.TB, m *testenv.Manager, a *app, unit string, n int,
 	psi0, wait0 := cpuPressure(), runDelay(os.Getpid())
 	sr.res = underLoad(tb, o, func() {
 		for range n {
-			old, err := procfs.Children(sup)
-			if err != nil {
-				tb.Fatalf("children of sockshim (pid %d): %v", sup, err)
-			}
-			start := time.Now()
-			sr.marks = append(sr.marks, start.Sub(began))
-			m.MustSystemctl(tb, "reload", unit+".service")
-			returned := time.Now()
-			sr.serving = append(sr.serving, returned.Sub(start))
-			awaitExit(tb, old)
-			sr.gone = append(sr.gone, time.Since(start))
-			sr.spans = append(sr.spans, reloadSpan{start, returned, time.Now()})
+			sp := reloadAndWait(tb, m, unit, sup)
+			sr.marks = append(sr.marks, sp.requested.Sub(began))
+			sr.serving = append(sr.serving, sp.returned.Sub(sp.requested))
+			sr.gone = append(sr.gone, sp.gone.Sub(sp.requested))
+			sr.spans = append(sr.spans, sp)
 		}
 	})
 	elapsed := time.Since(began)
 	sr.pressure = float64(cpuPressure()-psi0) / float64(elapsed)
 	sr.clientWait = float64(runDelay(os.Getpid())-wait0) / float64(elapsed)
 	return &sr
+}
+
+// reloadAndWait runs `systemctl reload` of unit and waits until every
+// process sockshim (pid sup) had before it, the old generation, has exited.
+func reloadAndWait(tb testing.TB, m *testenv.Manager, unit string, sup int) reloadSpan {
+	old, err := procfs.Children(sup)
+	if err != nil {
+		tb.Fatalf("children of sockshim (pid %d): %v", sup, err)
+	}
+	sp := reloadSpan{requested: time.Now()}
+	m.MustSystemctl(tb, "reload", unit+".service")
+	sp.returned = time.Now()
+	awaitExit(tb, old)
+	sp.gone = time.Now()
+	return sp
 }
 
 // awaitExit waits until every process of pids has exited, through pidfds

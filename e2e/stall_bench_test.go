@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sockshim/sockshim/internal/procfs"
 	"github.com/sockshim/sockshim/testenv"
 	"github.com/sockshim/sockshim/testenv/load"
 )
@@ -209,12 +208,7 @@ func externalClientSeries(tb testing.TB, m *testenv.Manager, bb bins, unit strin
 	time.Sleep(300 * time.Millisecond)
 	sup := status(tb, a.ctl).PID
 	for range n {
-		old, err := procfs.Children(sup)
-		if err != nil {
-			tb.Fatalf("children of sockshim (pid %d): %v", sup, err)
-		}
-		m.MustSystemctl(tb, "reload", unit+".service")
-		awaitExit(tb, old)
+		reloadAndWait(tb, m, unit, sup)
 	}
 	time.Sleep(300 * time.Millisecond)
 	cmd.Process.Signal(os.Interrupt)
