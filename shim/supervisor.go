@@ -52,6 +52,7 @@ type Supervisor struct {
 	up             *notify.Upstream
 	trampoline     *handoff.Binary
 	stdout, stderr *os.File
+	devNull        *os.File // every worker's stdin, opened once rather than by each exec.Cmd
 	baseEnv        []string
 	sockets        []handoff.Socket
 	socketIDs      map[string]bool // the sockets as /proc/PID/fd names them
@@ -154,6 +155,10 @@ func New(o Options) (*Supervisor, error) {
 		path := o.Config.Path
 		s.loadConfig = func() (*config.Config, error) { return config.Load(path) }
 	}
+	var err error
+	if s.devNull, err = os.Open(os.DevNull); err != nil {
+		return nil, fmt.Errorf("opening the workers' stdin: %w", err)
+	}
 	return s, nil
 }
 
@@ -250,6 +255,7 @@ func (s *Supervisor) Run() error {
 		}
 	}
 	s.removals.Wait()
+	s.devNull.Close()
 	if !s.up.Flush(2 * time.Second) {
 		s.log.Warn("the service manager did not take our last notifications within 2s")
 	}

@@ -60,7 +60,7 @@ func (s *Supervisor) spawn(e core.Start) (*proc, error) {
 		return nil, fmt.Errorf("%s: handoff socket pair: %w", name, err)
 	}
 	defer parent.Close()
-	errR, errW, err := os.Pipe()
+	errR, errW, err := stderrPipe()
 	if err != nil {
 		child.Close()
 		proxy.Close()
@@ -110,6 +110,23 @@ func (s *Supervisor) spawn(e core.Start) (*proc, error) {
 	)
 	go s.reap(id, cmd, tail)
 	return p, nil
+}
+
+// stderrPipe returns the pipe for a worker's stderr. Only the read end,
+// which the tail's goroutine reads, goes to the runtime's poller; os.Pipe
+// would register the write end too, and exec.Cmd would take it out again to
+// hand it to the child, syscalls wasted on every worker start.
+func stderrPipe() (r, w *os.File, err error) {
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		return nil, nil, fmt.Errorf("pipe2: %w", err)
+	}
+	if err := unix.SetNonblock(p[0], true); err != nil {
+		unix.Close(p[0])
+		unix.Close(p[1])
+		return nil, nil, fmt.Errorf("pipe2: %w", err)
+	}
+	return os.NewFile(uintptr(p[0]), "|0"), os.NewFile(uintptr(p[1]), "|1"), nil
 }
 
 // startError says why the trampoline could not be started; exec reports a
@@ -182,6 +199,7 @@ func (s *Supervisor) trampolineCmd(cfg config.Worker, cred *syscall.Credential, 
 		Args:        args,
 		Env:         env,
 		Dir:         cfg.Dir,
+		Stdin:       s.devNull,
 		Stdout:      s.stdout,
 		SysProcAttr: attr,
 	}

@@ -34,6 +34,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sockshim/sockshim/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -136,7 +137,7 @@ func delegated(dir string, self int) string {
 
 // Procs lists the processes directly in the cgroup dir.
 func Procs(dir string) ([]int, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	b, err := procfs.ReadFile(filepath.Join(dir, "cgroup.procs"))
 	if err != nil {
 		return nil, fmt.Errorf("reading %s/cgroup.procs: %w", dir, err)
 	}
@@ -182,7 +183,12 @@ func (t *Tree) Enter(leaf string) error {
 // Group is one worker's cgroup.
 type Group struct {
 	Dir string
-	fd  *os.File // the directory, for CLONE_INTO_CGROUP
+	// fd is the directory, for CLONE_INTO_CGROUP, while open is set. A raw
+	// descriptor: an *os.File would try to register it with the poller and
+	// then flip it back to blocking for Fd(), syscalls wasted on every
+	// worker start.
+	fd   int
+	open bool
 }
 
 // New creates the child cgroup name, killing and removing a leftover of
@@ -198,25 +204,25 @@ func (t *Tree) New(name string) (*Group, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating cgroup %s: %w", g.Dir, err)
 	}
-	f, err := os.OpenFile(g.Dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fd, err := unix.Open(g.Dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		_ = unix.Rmdir(g.Dir)
 		return nil, fmt.Errorf("opening cgroup %s: %w", g.Dir, err)
 	}
-	g.fd = f
+	g.fd, g.open = fd, true
 	return g, nil
 }
 
 // FD is the cgroup directory's descriptor, for SysProcAttr.CgroupFD; valid
 // until Close or Remove.
-func (g *Group) FD() int { return int(g.fd.Fd()) }
+func (g *Group) FD() int { return g.fd }
 
 // Close releases the directory descriptor once no process is started into
 // the cgroup any more.
 func (g *Group) Close() {
-	if g.fd != nil {
-		g.fd.Close()
-		g.fd = nil
+	if g.open {
+		unix.Close(g.fd)
+		g.open = false
 	}
 }
 
@@ -225,7 +231,7 @@ func (g *Group) Kill() error { return write(g.Dir, "cgroup.kill", "1") }
 
 // Populated reports whether any process is in the cgroup or below it.
 func (g *Group) Populated() (bool, error) {
-	b, err := os.ReadFile(filepath.Join(g.Dir, "cgroup.events"))
+	b, err := procfs.ReadFile(filepath.Join(g.Dir, "cgroup.events"))
 	if err != nil {
 		return false, fmt.Errorf("reading %s/cgroup.events: %w", g.Dir, err)
 	}
@@ -283,7 +289,7 @@ type Usage struct {
 // Usage reads the cgroup's CPU time and, where accounted, its memory.
 func (g *Group) Usage() (Usage, error) {
 	u := Usage{Memory: -1}
-	b, err := os.ReadFile(filepath.Join(g.Dir, "cpu.stat"))
+	b, err := procfs.ReadFile(filepath.Join(g.Dir, "cpu.stat"))
 	if err != nil {
 		return u, fmt.Errorf("reading %s/cpu.stat: %w", g.Dir, err)
 	}
@@ -301,7 +307,7 @@ func (g *Group) Usage() (Usage, error) {
 	if !found {
 		return u, fmt.Errorf("%s/cpu.stat: no usage_usec", g.Dir)
 	}
-	b, err = os.ReadFile(filepath.Join(g.Dir, "memory.current"))
+	b, err = procfs.ReadFile(filepath.Join(g.Dir, "memory.current"))
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 	case err != nil:

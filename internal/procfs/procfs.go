@@ -23,7 +23,7 @@ type Stat struct {
 // may itself contain spaces and parentheses, so fields are taken after the
 // last ')'.
 func ReadStat(pid int) (Stat, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	b, err := ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return Stat{}, err
 	}
