@@ -8,13 +8,15 @@ import (
 	"path/filepath"
 	"strconv"
 	"syscall"
+
+	"github.com/sockshim/sockshim/handoff/trampoline"
 )
 
-// BinaryName is the trampoline's own binary. It links nothing but this
-// package, so a worker start costs little more than any Go program's start
-// (BENCHMARKS.md: 1.3×); sockshim's own binary runs the init of every
+// BinaryName is the trampoline's own binary. It links nothing but package
+// trampoline, so a worker start costs about what a Go program that only
+// execs costs (BENCHMARKS.md); sockshim's own binary runs the init of every
 // package it links (net/http, crypto, TOML …) and takes about twice as long.
-const BinaryName = "sockshim-handoff"
+const BinaryName = trampoline.BinaryName
 
 // ImageFD is where a starting trampoline finds the binary it is exec'd from
 // (the second of exec.Cmd.ExtraFiles, after HandoffFD).

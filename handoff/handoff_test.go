@@ -1,6 +1,7 @@
 package handoff
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sockshim/sockshim/handoff/wire"
 	"golang.org/x/sys/unix"
 )
 
@@ -170,41 +172,41 @@ func TestReceiveErrors(t *testing.T) {
 		want  string
 	}{
 		{"truncated payload", func(t *testing.T, a, b *os.File, fds []int) {
-			sendRaw(t, a, encode(2, 0, names(2, 0))[:headerLen+3], fds[:2])
+			sendRaw(t, a, wire.Encode(2, 0, names(2, 0))[:wire.HeaderLen+3], fds[:2])
 		}, "payload ends"},
 		{"wrong magic", func(t *testing.T, a, b *os.File, fds []int) {
-			p := encode(1, 0, names(1, 0))
+			p := wire.Encode(1, 0, names(1, 0))
 			p[0] = 'X'
 			sendRaw(t, a, p, fds[:1])
 		}, "bad magic"},
 		{"wrong version", func(t *testing.T, a, b *os.File, fds []int) {
-			p := encode(1, 0, names(1, 0))
+			p := wire.Encode(1, 0, names(1, 0))
 			p[4] = 2
 			sendRaw(t, a, p, fds[:1])
 		}, "protocol version 2, want 1"},
 		{"fewer fds than the header says", func(t *testing.T, a, b *os.File, fds []int) {
-			sendRaw(t, a, encode(3, 0, names(3, 0)), fds[:2])
+			sendRaw(t, a, wire.Encode(3, 0, names(3, 0)), fds[:2])
 		}, "carries 2 descriptors, header says 3"},
 		{"more fds than the header says", func(t *testing.T, a, b *os.File, fds []int) {
-			sendRaw(t, a, encode(3, 0, names(2, 0)), fds[:3])
+			sendRaw(t, a, wire.Encode(3, 0, names(2, 0)), fds[:3])
 		}, "carries 3 descriptors, header says 2"},
 		{"total changes", func(t *testing.T, a, b *os.File, fds []int) {
-			sendRaw(t, a, encode(3, 0, names(2, 0)), fds[:2])
-			sendRaw(t, a, encode(4, 2, names(1, 2)), fds[2:3])
+			sendRaw(t, a, wire.Encode(3, 0, names(2, 0)), fds[:2])
+			sendRaw(t, a, wire.Encode(4, 2, names(1, 2)), fds[2:3])
 		}, "message 2 says the total is 4, message 1 said 3"},
 		{"chunk out of order", func(t *testing.T, a, b *os.File, fds []int) {
-			sendRaw(t, a, encode(3, 0, names(1, 0)), fds[:1])
-			sendRaw(t, a, encode(3, 2, names(1, 2)), fds[2:3])
+			sendRaw(t, a, wire.Encode(3, 0, names(1, 0)), fds[:1])
+			sendRaw(t, a, wire.Encode(3, 2, names(1, 2)), fds[2:3])
 		}, "message 2 starts at socket 2, expected 1"},
 		{"peer closes mid-stream", func(t *testing.T, a, b *os.File, fds []int) {
-			sendRaw(t, a, encode(3, 0, names(2, 0)), fds[:2])
+			sendRaw(t, a, wire.Encode(3, 0, names(2, 0)), fds[:2])
 			a.Close()
 		}, "peer closed after 2 of 3 sockets"},
 		{"peer closes at once", func(t *testing.T, a, b *os.File, fds []int) {
 			a.Close()
 		}, "peer closed before sending anything"},
 		{"bad name", func(t *testing.T, a, b *os.File, fds []int) {
-			sendRaw(t, a, encode(1, 0, []string{"a:b"}), fds[:1])
+			sendRaw(t, a, wire.Encode(1, 0, []string{"a:b"}), fds[:1])
 		}, "contains ':'"},
 		{"garbage", func(t *testing.T, a, b *os.File, fds []int) {
 			sendRaw(t, a, []byte("GET / HTTP/1.1\r\n\r\n"), fds[:1])
@@ -217,7 +219,7 @@ func TestReceiveErrors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			sendRaw(t, a, encode(253, 0, names(253, 0)), fds[:253])
+			sendRaw(t, a, wire.Encode(253, 0, names(253, 0)), fds[:253])
 		}, "MSG_CTRUNC"},
 	}
 	for _, c := range cases {
@@ -338,7 +340,7 @@ func TestTrampolineMissingCommand(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	a.Close()
 	var ee *exec.ExitError
-	if !errorsAs(err, &ee) || ee.ExitCode() != 127 {
+	if !errors.As(err, &ee) || ee.ExitCode() != 127 {
 		t.Fatalf("exit %v, want 127", err)
 	}
 	if !strings.Contains(string(out), "/nonexistent/app") {

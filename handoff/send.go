@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/sockshim/sockshim/handoff/wire"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,7 +20,7 @@ func Pair() (parent, child *os.File, err error) {
 }
 
 // Send writes socks over conn, a SOCK_SEQPACKET unix socket, in messages of
-// at most MaxFDsPerMessage descriptors.
+// at most wire.MaxFDsPerMessage descriptors.
 //
 // It never calls (*os.File).Fd on a socket: Fd switches the open file
 // description to blocking mode, for every process sharing it. The raw
@@ -36,14 +37,14 @@ func Send(conn *os.File, socks []Socket) error {
 		}
 		names[i] = s.Name
 	}
-	if len(socks) > MaxSockets {
-		return fmt.Errorf("handoff: %d sockets exceed the limit of %d", len(socks), MaxSockets)
+	if len(socks) > wire.MaxSockets {
+		return fmt.Errorf("handoff: %d sockets exceed the limit of %d", len(socks), wire.MaxSockets)
 	}
 	return withRawFDs(socks, func(fds []int) error {
 		return withRawFD(conn, func(c int) error {
-			for first := 0; first == 0 || first < len(fds); first += MaxFDsPerMessage {
-				end := min(first+MaxFDsPerMessage, len(fds))
-				payload := encode(len(fds), first, names[first:end])
+			for first := 0; first == 0 || first < len(fds); first += wire.MaxFDsPerMessage {
+				end := min(first+wire.MaxFDsPerMessage, len(fds))
+				payload := wire.Encode(len(fds), first, names[first:end])
 				var oob []byte
 				if end > first {
 					oob = unix.UnixRights(fds[first:end]...)

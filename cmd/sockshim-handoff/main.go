@@ -1,26 +1,26 @@
 // Command sockshim-handoff is the trampoline through which sockshim starts
 // every worker: it receives the worker's sockets over SCM_RIGHTS, sets up
 // the socket-activation environment and execs the worker command, keeping
-// its pid. It links only the handoff package, so it starts nearly as fast
-// as a minimal Go program; sockshim runs it as
-// `sockshim-handoff __trampoline -- COMMAND ARGS…` and nothing else should.
+// its pid. It links only package trampoline (neither fmt nor os/exec), so
+// it starts about as fast as a Go program that only execs; sockshim runs it
+// as `sockshim-handoff __trampoline -- COMMAND ARGS…` and nothing else
+// should.
 package main
 
 import (
-	"fmt"
 	"os"
 
-	"github.com/sockshim/sockshim/handoff"
+	"github.com/sockshim/sockshim/handoff/trampoline"
 )
 
-// The trampoline runs in init: see handoff.Main.
+// The trampoline runs in init: see trampoline.Main.
 func init() {
-	if len(os.Args) > 1 && os.Args[1] == handoff.TrampolineArg {
-		handoff.Main(os.Args[2:])
+	if len(os.Args) > 1 && os.Args[1] == trampoline.Arg {
+		trampoline.Main(os.Args[2:])
 	}
 }
 
 func main() {
-	fmt.Fprintf(os.Stderr, "%s: started by sockshim to exec its workers; not a command to run by hand\n", handoff.BinaryName)
+	os.Stderr.WriteString(trampoline.BinaryName + ": started by sockshim to exec its workers; not a command to run by hand\n")
 	os.Exit(2)
 }
