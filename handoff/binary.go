@@ -13,9 +13,10 @@ import (
 )
 
 // BinaryName is the trampoline's own binary. It links nothing but package
-// trampoline, so a worker start costs about what a Go program that only
-// execs costs (BENCHMARKS.md); sockshim's own binary runs the init of every
-// package it links (net/http, crypto, TOML …) and takes about twice as long.
+// trampoline, so a worker start costs what a Go program that only execs
+// costs, within the noise (BenchmarkExecCosts); sockshim's own binary runs
+// the init of every package it links (net/http, crypto, TOML …) and takes
+// about twice as long.
 const BinaryName = trampoline.BinaryName
 
 // ImageFD is where a starting trampoline finds the binary it is exec'd from
