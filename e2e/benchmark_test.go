@@ -72,10 +72,15 @@ func BenchmarkReport(b *testing.B) {
 	var plotMarks []time.Duration
 	for _, c := range []struct {
 		strategy string
+		surge    int  // parallel: 4 starts the whole generation at once (its default), 1 paces the starts
 		post     bool // keep-alive POSTs, which the load client never retries
 		clients  int
-	}{{"rolling", false, 16}, {"parallel", false, 16}, {"rolling", true, 16}, {"rolling", false, 4}} {
-		name, unit, o := "sockshim "+c.strategy+", 4 workers", "bench-"+c.strategy, load.Options{Concurrency: c.clients}
+	}{{"rolling", 1, false, 16}, {"parallel", 4, false, 16}, {"parallel", 1, false, 16}, {"rolling", 1, true, 16}, {"rolling", 1, false, 4}} {
+		label, unit, o := c.strategy, "bench-"+c.strategy, load.Options{Concurrency: c.clients}
+		if c.strategy == "parallel" && c.surge == 1 {
+			label, unit = "parallel, surge = 1 (starts paced)", unit+"-paced"
+		}
+		name := "sockshim " + label + ", 4 workers"
 		steady := steadyP99.String() // measured with new-connection GETs only
 		if c.post {
 			name, unit, o.KeepAlive, o.PostBytes, steady = name+", keep-alive POSTs of 4 KiB", unit+"-post", true, 4096, "-"
@@ -84,7 +89,7 @@ func BenchmarkReport(b *testing.B) {
 			name, unit = fmt.Sprintf("%s, %d clients (CPU not saturated)", name, c.clients), fmt.Sprintf("%s-%d", unit, c.clients)
 		}
 		step(name)
-		a := installApp(b, m, bb, unit, workerConfig(bb, "v1", c.strategy, 1, 4))
+		a := installApp(b, m, bb, unit, workerConfig(bb, "v1", c.strategy, c.surge, 4))
 		a.activate(b)
 		if c.clients != 16 {
 			// Its own steady p99, with as many clients, just before.
@@ -100,8 +105,8 @@ func BenchmarkReport(b *testing.B) {
 		if c.post || c.clients != 16 {
 			continue
 		}
-		r.resources = append(r.resources, fmt.Sprintf("| %s | %d KiB | %s |", c.strategy, rssKiB(pid), (cpu/time.Duration(reloads)).Round(10*time.Microsecond)))
-		r.stalls = append(r.stalls, stallSection("sockshim "+c.strategy, res, sr.spans, parseLog(m.Log()), 3*steadyP99, sr.pressure, sr.clientWait))
+		r.resources = append(r.resources, fmt.Sprintf("| %s | %d KiB | %s |", label, rssKiB(pid), (cpu/time.Duration(reloads)).Round(10*time.Microsecond)))
+		r.stalls = append(r.stalls, stallSection("sockshim "+label, res, sr.spans, parseLog(m.Log()), 3*steadyP99, sr.pressure, sr.clientWait))
 		if plotRes == nil {
 			plotRes, plotMarks = res, sr.marks
 		}

@@ -81,8 +81,8 @@ func TestReloadUnderLoad(t *testing.T) {
 	}{
 		{"rolling", 1, false},
 		{"rolling", 1, true},
-		{"parallel", 1, false},
-		{"parallel", 1, true},
+		{"parallel", 3, false}, // the whole generation at once, the default
+		{"parallel", 1, true},  // one new worker at a time
 		{"rolling", 0, false},
 	}
 	var report []string

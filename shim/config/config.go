@@ -70,7 +70,7 @@ type Worker struct {
 	ReadyCommand []string          // ready_command = [...], required for ready = "command"
 	ReadyTimeout time.Duration     // ready_timeout = "30s" (default)
 	Strategy     Strategy          // strategy = "rolling" (default) | "parallel"
-	Surge        int               // surge = 1 (default): rolling only; 0 = stop one old first
+	Surge        int               // new workers starting at a time; rolling: 1 by default, 0 = stop one old first; parallel: all by default
 	MaxDraining  int               // max_draining = 2 (default): draining generations kept before the oldest is killed
 	StopSignal   syscall.Signal    // stop_signal = "SIGTERM" (default)
 	ReloadSignal syscall.Signal    // reload_signal = "SIGHUP": sent after each successful reload; reloadable = false only; default 0, none

@@ -59,6 +59,17 @@ func TestDefaults(t *testing.T) {
 	if len(cfg.Listen) != 0 || cfg.Control.Socket != "" {
 		t.Errorf("unexpected listen/control: %+v", cfg)
 	}
+	// parallel starts the whole generation at once unless surge says how
+	// many at a time.
+	for body, surge := range map[string]int{"count = 6\n": 6, "count = 6\nsurge = 2\n": 2, "count = 2\nsurge = 5\n": 5} {
+		cfg, err := Parse("p.toml", []byte("[[worker]]\ncommand = [\"/bin/true\"]\nstrategy = \"parallel\"\n"+body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cfg.Workers[0].Surge; got != surge {
+			t.Errorf("parallel with %q: surge %d, want %d", body, got, surge)
+		}
+	}
 }
 
 // TestErrors checks that each kind of mistake gets one error naming the file,
@@ -83,6 +94,7 @@ func TestErrors(t *testing.T) {
 		{"bad strategy", w + "strategy = \"yolo\"\n", `app.toml:3: worker[0].strategy: "yolo" is not one of rolling, parallel`},
 		{"count zero", w + "count = 0\n", `app.toml:3: worker[0].count: 0 is not between 1 and 4096`},
 		{"negative surge", w + "surge = -1\n", `app.toml:3: worker[0].surge: must not be negative`},
+		{"parallel surge 0", w + "strategy = \"parallel\"\nsurge = 0\n", `app.toml:4: worker[0].surge: 0 (stop an old worker first) is for strategy = "rolling"`},
 		{"missing command", "[[worker]]\nname = \"web\"\n", `app.toml:1: worker[0].command: required`},
 		{"empty command", "[[worker]]\ncommand = []\n", `app.toml:2: worker[0].command: must name a program`},
 		{"ready command missing", w + "ready = \"command\"\n", `app.toml:1: worker[0].ready_command: required with ready = "command"`},

@@ -393,8 +393,14 @@ func (r *reader) worker(path string, t map[string]any, groups int) Worker {
 	default:
 		r.errorf(path+".strategy", "%q is not one of rolling, parallel", g.Strategy)
 	}
-	if g.Surge < 0 {
+	_, surgeSet := t["surge"]
+	switch {
+	case g.Surge < 0:
 		r.errorf(path+".surge", "must not be negative")
+	case g.Strategy == StrategyParallel && !surgeSet:
+		g.Surge = g.Count // the whole generation at once
+	case g.Strategy == StrategyParallel && g.Surge == 0:
+		r.errorf(path+".surge", `0 (stop an old worker first) is for strategy = "rolling"; parallel starts 1 or more new workers at a time while the old generation serves`)
 	}
 	if g.MaxDraining < 1 {
 		r.errorf(path+".max_draining", "must be at least 1")

@@ -478,6 +478,15 @@ func (c *checker) checkState() string {
 					live++
 				}
 			}
+			starting := 0
+			for _, w := range ro.pending() {
+				if w.state == Starting {
+					starting++
+				}
+			}
+			if starting > max(ro.cfg.Surge, 1) {
+				return fmt.Sprintf("group %s has %d new workers starting at once, more than surge = %d allows", g.cfg.Name, starting, ro.cfg.Surge)
+			}
 			if ro.parallel() {
 				limit += len(ro.workers)
 			} else {

@@ -28,8 +28,10 @@ import (
 //     the old one, and the reload reports failure. Old code cannot be
 //     brought back by exec'ing it again (the files on disk are the new ones),
 //     so nothing is rolled back.
-//   - parallel: the whole new generation starts at once; when all are ready,
-//     the whole old one drains. Any failure first rolls everything back.
+//   - parallel: the new generation starts, `surge` workers at a time (all of
+//     them unless set), each next one as one becomes ready; when all are
+//     ready, the whole old one drains. Any failure first rolls everything
+//     back.
 //
 // With promote_after, the canary (rolling) or the whole new generation
 // (parallel) first bakes beside the old workers; see promote.go.
@@ -204,12 +206,9 @@ func (m *Machine) advance(g *group) {
 			inflight++
 		}
 	}
-	limit := len(ro.workers) // parallel: everything at once
-	if !ro.parallel() {
-		limit = max(ro.cfg.Surge, 1)
-		if !ro.canaryOK {
-			limit = 1
-		}
+	limit := max(ro.cfg.Surge, 1)
+	if !ro.parallel() && !ro.canaryOK {
+		limit = 1
 	}
 	for inflight < limit && ro.next < len(ro.workers) {
 		id := ro.next
@@ -237,6 +236,7 @@ func (m *Machine) rolloutReady(w *worker) {
 	if ro.parallel() {
 		for _, p := range ro.workers {
 			if p == nil || p.state != Ready {
+				m.advance(g) // paced by surge: w's place is free
 				return
 			}
 		}

@@ -218,6 +218,10 @@ func randomConfig(rng *rand.Rand) *config.Config {
 			MaxDraining: 1 + rng.IntN(3), StopSignal: syscall.SIGTERM,
 			DrainTimeout: time.Duration(1+rng.IntN(30)) * time.Second, Reloadable: rng.IntN(5) > 0,
 		}
+		if w.Strategy == config.StrategyParallel {
+			// What the config allows: 1 or more at a time, all by default.
+			w.Surge = []int{1, 2, w.Count}[rng.IntN(3)]
+		}
 		if w.Ready == config.ReadyCommand {
 			w.ReadyCommand = []string{"probe"}
 		}
