@@ -234,8 +234,10 @@ const stallCause = `**What causes the gaps.** Neither sockshim nor the measureme
 	"and, before sockshim has even been asked, while systemd starts the `ExecReload=` process. The load client " +
 	"is not their cause: with the client in a process of its own, the longest gap and the p99 are of the same " +
 	"size (row above). With 4 clients, which leave the CPUs idle part of the time, the same reloads barely move " +
-	"the p99 (row above). So what sockshim can do is cost less per reload: a trampoline that starts like a " +
-	"minimal Go program (exec costs below) and less CPU of its own (one P instead of one per core, the release " +
-	"check reading the draining workers' cgroups instead of all of /proc, one kept socket to the service manager). " +
+	"the p99 (row above). So what sockshim can do is cost less per reload and spread what it starts: a trampoline " +
+	"that starts like a Go program that only execs (exec costs below); less CPU of its own (one P instead of one " +
+	"per core, the release check reading the draining workers' cgroups instead of all of /proc, one kept socket " +
+	"to the service manager, fewer system calls per worker start); and, for a parallel reload, `surge` to start " +
+	"the new generation a few workers at a time instead of all at once (its own row above). " +
 	"Starting new workers at a lower priority (nice 10 or 19 until ready) was measured and not kept: in A/B runs " +
 	"of 30 reloads each it moved the p99 during reloads by less than the noise and made each reload slower."

@@ -53,9 +53,15 @@ fi
 grep -E '^(--- |ok |FAIL)|^ +[a-z_]+_test\.go:[0-9]+: ' test-output.log || true
 echo "== random schedules of the supervisor's core, without the race detector (100,000)"
 go test -count=1 -v -run '^TestRandomSchedules$' ./shim/core -args -schedules=100000 -schedule-budget=120s | grep -E '^(---|ok|FAIL)|schedules'
-# Every decoder of outside input, a bounded time each; seed corpora live in
-# each package's testdata/fuzz.
-for target in handoff:FuzzDecode shim/config:FuzzParse shim/control:FuzzRequest shim/control:FuzzReply shim/notify:FuzzParse; do
+# Every fuzz target (each decoder of outside input), a bounded time each,
+# found in the code so that none is missed when one moves; seed corpora live
+# in each package's testdata/fuzz.
+targets=$(grep -rHo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' . | sed -E 's|^\./(.*)/[^/]*:func (Fuzz.*)$|\1:\2|' | sort)
+if [ -z "$targets" ]; then
+	echo "no fuzz targets found" >&2
+	exit 1
+fi
+for target in $targets; do
 	echo "== fuzz ${target#*:} in ./${target%%:*} ($FUZZTIME)"
 	go test -run='^$' -fuzz="^${target#*:}\$" -fuzztime="$FUZZTIME" "./${target%%:*}"
 done
