@@ -127,6 +127,10 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 
 	run := &runner{o: o, addr: u.Host, req: []byte(req), start: time.Now()}
 	run.lastOK.Store(int64(0))
+	// The run ends for the gap count when it is asked to, not when the last
+	// client has noticed: winding down is not the server's silence.
+	stopWatch := context.AfterFunc(ctx, func() { run.stopAt.CompareAndSwap(0, int64(time.Since(run.start))) })
+	defer stopWatch()
 	var wg sync.WaitGroup
 	locals := make([]*tally, o.Concurrency)
 	for i := range locals {
@@ -148,6 +152,7 @@ type runner struct {
 	start  time.Time
 	issued atomic.Int64
 	lastOK atomic.Int64 // ns since start of the last success
+	stopAt atomic.Int64 // ns since start when ctx ended; 0 while it runs
 	gapMu  sync.Mutex
 	gap    time.Duration
 }
@@ -222,15 +227,27 @@ func ended(ctx context.Context) bool {
 	return ok && !time.Now().Before(d)
 }
 
-// success records the gap since the previous success.
+// success records the gap since the latest success. A client that reports
+// a success older than the latest (it was descheduled between its answer
+// and this call) neither opens nor closes a gap, and lastOK never moves
+// back: moving it back made the next success look like the end of a gap
+// that no client saw, tens of milliseconds on a saturated machine.
 func (r *runner) success(at time.Duration) {
-	prev := time.Duration(r.lastOK.Swap(int64(at)))
-	if at < prev {
-		return // a slower client finished after a faster one
+	if stop := r.stopAt.Load(); stop > 0 && int64(at) > stop {
+		at = time.Duration(stop) // what the run measured ends at its stop
 	}
-	r.gapMu.Lock()
-	r.gap = max(r.gap, at-prev)
-	r.gapMu.Unlock()
+	for {
+		prev := r.lastOK.Load()
+		if int64(at) <= prev {
+			return
+		}
+		if r.lastOK.CompareAndSwap(prev, int64(at)) {
+			r.gapMu.Lock()
+			r.gap = max(r.gap, at-time.Duration(prev))
+			r.gapMu.Unlock()
+			return
+		}
+	}
 }
 
 type response struct {
@@ -382,8 +399,7 @@ func (r *runner) merge(ts []*tally) *Result {
 	}
 	// The gap until the end of the run counts too: a server that stopped
 	// answering for good has an unbounded gap, not the last small one.
-	end := res.Elapsed
-	r.success(end)
+	r.success(res.Elapsed) // counted to the stop, if the run was stopped
 	res.LongestGap = r.gap
 	sort.Slice(res.Samples, func(i, j int) bool { return res.Samples[i].Start < res.Samples[j].Start })
 	return res

@@ -172,3 +172,44 @@ func TestRejectsBadOptions(t *testing.T) {
 		}
 	}
 }
+
+// TestGapIgnoresLateReports: a success reported late (its client was
+// descheduled between the answer and the report) is no gap's end and does
+// not move the latest success back. Before, it did, and the next success
+// closed a gap no client had seen.
+func TestGapIgnoresLateReports(t *testing.T) {
+	r := &runner{}
+	for _, at := range []time.Duration{1 * time.Millisecond, 2 * time.Millisecond, 500 * time.Microsecond, 2500 * time.Microsecond} {
+		r.success(at)
+	}
+	if r.gap != time.Millisecond {
+		t.Fatalf("longest gap %s, want 1ms (0 → 1ms → 2ms → 2.5ms; the 0.5ms report is late)", r.gap)
+	}
+}
+
+// TestGapEndsAtStop: the gap at the end of a run counts to when the run was
+// stopped, not to when the last client noticed; a server that stops
+// answering still shows the whole silence.
+func TestGapEndsAtStop(t *testing.T) {
+	var answering atomic.Bool
+	answering.Store(true)
+	slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !answering.Load() {
+			time.Sleep(time.Second) // what the clients wait on after the stop
+		}
+		versioned(w, r)
+	})
+	url := serve(t, slow)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(200*time.Millisecond, func() { answering.Store(false) })
+	time.AfterFunc(400*time.Millisecond, cancel)
+	res, err := Run(ctx, Options{URL: url, Concurrency: 4, Duration: time.Hour, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Silent from about 200 ms to the stop at 400 ms; the clients return
+	// only at about 1.2 s, when the sleeping requests end.
+	if res.LongestGap < 150*time.Millisecond || res.LongestGap > 350*time.Millisecond || res.Elapsed < 900*time.Millisecond {
+		t.Fatalf("longest gap %s after a run of %s, want about 200ms: from the last answer to the stop", res.LongestGap, res.Elapsed)
+	}
+}
