@@ -124,13 +124,11 @@ func stderrPipe() (r, w *os.File, err error) {
 	if err := unix.SetNonblock(p[0], true); err != nil {
 		unix.Close(p[0])
 		unix.Close(p[1])
-		return nil, nil, fmt.Errorf("pipe2: %w", err)
+		return nil, nil, fmt.Errorf("making the pipe's read end non-blocking: %w", err)
 	}
 	return os.NewFile(uintptr(p[0]), "|0"), os.NewFile(uintptr(p[1]), "|1"), nil
 }
 
-// startError says why the trampoline could not be started; exec reports a
-// missing working directory as if the binary were missing.
 // explainLimit adds the descriptor limit to an error that ran into it, so
 // the operator knows what to raise (LimitNOFILE= under systemd).
 func explainLimit(err error) error {
@@ -144,6 +142,8 @@ func explainLimit(err error) error {
 	return fmt.Errorf("%w (sockshim's RLIMIT_NOFILE is %d; raise it, e.g. LimitNOFILE= in the unit)", err, rl.Cur)
 }
 
+// startError says why the trampoline could not be started; exec reports a
+// missing working directory as if the binary were missing.
 func startError(cfg config.Worker, err error) error {
 	if cfg.Dir != "" {
 		if _, serr := os.Stat(cfg.Dir); serr != nil {
