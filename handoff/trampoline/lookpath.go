@@ -8,35 +8,29 @@ import (
 )
 
 // lookPath is os/exec.LookPath without os/exec, with its results and error
-// texts, env being the worker's environment (its PATH). It runs before the
-// handoff, so a command that cannot run fails at once.
-func lookPath(file string, env []string) (string, error) {
+// texts, for the PATH of this process's environment, which is the worker's.
+// It runs before the handoff, so a command that cannot run fails at once.
+func lookPath(file string) (string, error) {
 	if strings.Contains(file, "/") {
 		if err := findExecutable(file); err != nil {
 			return "", errors.New("exec: " + strconv.Quote(file) + ": " + err.Error())
 		}
 		return file, nil
 	}
-	path := ""
-	for _, kv := range env {
-		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
-			path = v
-		}
-	}
-	for dir := range strings.SplitSeq(path, ":") {
-		if path == "" {
-			break // an empty PATH has no directory, not "." (filepath.SplitList)
-		}
-		if dir == "" {
-			// Unix shell semantics: path element "" means "."
-			dir = "."
-		}
-		p := strings.TrimSuffix(dir, "/") + "/" + file
-		if findExecutable(p) == nil {
-			if !strings.HasPrefix(p, "/") {
-				return "", errors.New("exec: " + strconv.Quote(file) + ": cannot run executable found relative to current directory")
+	// An empty PATH has no directory, not "." (filepath.SplitList).
+	if path, _ := syscall.Getenv("PATH"); path != "" {
+		for dir := range strings.SplitSeq(path, ":") {
+			if dir == "" {
+				// Unix shell semantics: path element "" means "."
+				dir = "."
 			}
-			return p, nil
+			p := strings.TrimSuffix(dir, "/") + "/" + file
+			if findExecutable(p) == nil {
+				if !strings.HasPrefix(p, "/") {
+					return "", errors.New("exec: " + strconv.Quote(file) + ": cannot run executable found relative to current directory")
+				}
+				return p, nil
+			}
 		}
 	}
 	return "", errors.New("exec: " + strconv.Quote(file) + ": executable file not found in $PATH")

@@ -38,7 +38,7 @@ func TestLookPath(t *testing.T) {
 	} {
 		t.Setenv("PATH", c.path)
 		want, wantErr := exec.LookPath(c.file)
-		got, err := lookPath(c.file, []string{"HOME=/", "PATH=" + c.path})
+		got, err := lookPath(c.file)
 		if wantErr != nil {
 			want = ""
 		}
@@ -46,7 +46,9 @@ func TestLookPath(t *testing.T) {
 			t.Errorf("lookPath(%q) with PATH=%q = %q, %v; os/exec says %q, %v", c.file, c.path, got, err, want, wantErr)
 		}
 	}
-	if _, err := lookPath("app", nil); err == nil || !strings.Contains(err.Error(), "not found in $PATH") {
+	t.Setenv("PATH", "")
+	os.Unsetenv("PATH")
+	if _, err := lookPath("app"); err == nil || !strings.Contains(err.Error(), "not found in $PATH") {
 		t.Errorf("lookPath without PATH: %v, want not found", err)
 	}
 }

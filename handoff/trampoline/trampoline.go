@@ -64,8 +64,7 @@ func Exec(argv []string) error {
 	if len(argv) == 0 || argv[0] == "" {
 		return errors.New("trampoline: no command")
 	}
-	env := syscall.Environ()
-	path, err := lookPath(argv[0], env)
+	path, err := lookPath(argv[0])
 	if err != nil {
 		return errors.New("trampoline: " + err.Error())
 	}
@@ -98,7 +97,7 @@ func Exec(argv []string) error {
 	if err := cloexecFrom(listenFDsStart + n); err != nil {
 		return errors.New("trampoline: close_range: " + err.Error())
 	}
-	env = listenEnv(env, syscall.Getpid(), names)
+	env := listenEnv(syscall.Environ(), syscall.Getpid(), names)
 	// Set the signal again on this very thread and only then look at the
 	// parent: if sockshim died before the prctl, getppid already shows it;
 	// if it dies after, the signal fires.
