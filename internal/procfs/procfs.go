@@ -63,7 +63,7 @@ func Children(pid int) ([]int, error) {
 	}
 	var out []int
 	for _, t := range tasks {
-		b, err := os.ReadFile(dir + t.Name() + "/children")
+		b, err := ReadFile(dir + t.Name() + "/children")
 		if err != nil {
 			continue // the thread ended
 		}
@@ -79,7 +79,7 @@ func Children(pid int) ([]int, error) {
 // Environ returns the environment a process started with
 // (/proc/PID/environ), as KEY=VALUE strings.
 func Environ(pid int) ([]string, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	b, err := ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
 	if err != nil {
 		return nil, err
 	}
@@ -88,7 +88,7 @@ func Environ(pid int) ([]string, error) {
 
 // Comm returns a process's command name (/proc/PID/comm).
 func Comm(pid int) string {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+	b, err := ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
 	if err != nil {
 		return "?"
 	}
