@@ -64,10 +64,21 @@ func BenchmarkReport(b *testing.B) {
 	r.add("| **ratio sockshim / direct** | **%.2f** | **%.2f** |\n\n", sRate/dRate, float64(sP99)/float64(dP99))
 
 	// Reloads under load, per strategy, then keep-alive POSTs, then the
-	// comparison restarts.
+	// machine's floor and the comparison restarts. Each case's steady p99 is
+	// its own, measured on the same unit with the same load just before its
+	// reloads: 4 workers serve with another tail than the 1 above.
 	r.add("## %d reloads under load (16 clients, a new connection per request unless the case says keep-alive)\n\n", reloads)
-	r.add("| case | requests | failed | longest gap | p99 steady | p99 during reloads | request → new generation serving p50 / p99 | request → old generation gone p50 / p99 |\n|---|---|---|---|---|---|---|---|\n")
-	steadyP99 := sP99
+	r.add("Each case's steady p99 is measured on the same unit, with the same load, just before its series (median of %d rounds of %s).\n\n", steadyRounds, steadyRound)
+	r.add("| case | requests | failed | longest gap | p99 steady | p99 during reloads | ÷ steady | request → new generation serving p50 / p99 | request → old generation gone p50 / p99 |\n|---|---|---|---|---|---|---|---|---|\n")
+	row := func(name string, res *load.Result, steady time.Duration, serving, gone string) {
+		r.add("| %s | %d | %s | %s | %s | %s | %s | %s | %s |\n", name, res.Requests, failedCell(res), res.LongestGap.Round(time.Millisecond),
+			steady, res.P99.Round(10*time.Microsecond), ratio(res.P99, steady), serving, gone)
+	}
+	var rolling struct {
+		cycle  time.Duration // time per reload, which the floor series keep
+		steady time.Duration
+		ratio  string
+	}
 	var plotRes *load.Result
 	var plotMarks []time.Duration
 	for _, c := range []struct {
@@ -81,9 +92,8 @@ func BenchmarkReport(b *testing.B) {
 			label, unit = "parallel, surge = 1 (starts paced)", unit+"-paced"
 		}
 		name := "sockshim " + label + ", 4 workers"
-		steady := steadyP99.String() // measured with new-connection GETs only
 		if c.post {
-			name, unit, o.KeepAlive, o.PostBytes, steady = name+", keep-alive POSTs of 4 KiB", unit+"-post", true, 4096, "-"
+			name, unit, o.KeepAlive, o.PostBytes = name+", keep-alive POSTs of 4 KiB", unit+"-post", true, 4096
 		}
 		if c.clients != 16 {
 			name, unit = fmt.Sprintf("%s, %d clients (CPU not saturated)", name, c.clients), fmt.Sprintf("%s-%d", unit, c.clients)
@@ -91,40 +101,55 @@ func BenchmarkReport(b *testing.B) {
 		step(name)
 		a := installApp(b, m, bb, unit, workerConfig(bb, "v1", c.strategy, c.surge, 4))
 		a.activate(b)
-		if c.clients != 16 {
-			// Its own steady p99, with as many clients, just before.
-			steady = runLoad(b, a.url, c.clients, 4*time.Second, false).P99.Round(10 * time.Microsecond).String()
-		}
+		o.URL = a.url
+		steady := steadyP99(b, o)
 		pid := status(b, a.ctl).PID
 		cpu0 := cpuTime(pid)
 		sr := reloadSeries(b, m, a, unit, reloads, o)
 		cpu := cpuTime(pid) - cpu0
 		res := sr.res
-		r.add("| %s | %d | %s | %s | %s | %s | %s / %s | %s / %s |\n", name, res.Requests, failedCell(res),
-			res.LongestGap.Round(time.Millisecond), steady, res.P99.Round(10*time.Microsecond), pct(sr.serving, 50), pct(sr.serving, 99), pct(sr.gone, 50), pct(sr.gone, 99))
+		row(name, res, steady, fmt.Sprintf("%s / %s", pct(sr.serving, 50), pct(sr.serving, 99)), fmt.Sprintf("%s / %s", pct(sr.gone, 50), pct(sr.gone, 99)))
 		if c.post || c.clients != 16 {
 			continue
 		}
+		if c.strategy == "rolling" {
+			rolling.cycle = (sr.marks[len(sr.marks)-1] - sr.marks[0]) / time.Duration(len(sr.marks)-1)
+			rolling.steady, rolling.ratio = steady, ratio(res.P99, steady)
+		}
 		r.resources = append(r.resources, fmt.Sprintf("| %s | %d KiB | %s |", label, rssKiB(pid), (cpu/time.Duration(reloads)).Round(10*time.Microsecond)))
-		r.stalls = append(r.stalls, stallSection("sockshim "+label, res, sr.spans, parseLog(m.Log()), 3*steadyP99, sr.pressure, sr.clientWait))
+		r.stalls = append(r.stalls, stallSection("sockshim "+label, res, sr.spans, parseLog(m.Log()), 3*steady, sr.pressure, sr.clientWait))
 		if plotRes == nil {
 			plotRes, plotMarks = res, sr.marks
 		}
 	}
 	step("sockshim rolling, load client in its own process")
 	ext := externalClientSeries(b, m, bb, "bench-rolling-ext", reloads)
-	r.add("| sockshim rolling, 4 workers, load client in a process of its own | %d | %s | %s | %s | %s | - | - |\n", ext.Requests, failedCell(ext),
-		ext.LongestGap.Round(time.Millisecond), steadyP99, ext.P99.Round(10*time.Microsecond))
+	row("sockshim rolling, 4 workers, load client in a process of its own (steady: the rolling case's)", ext, rolling.steady, "-", "-")
+	var floor []string
+	for _, f := range []struct {
+		name, unit string
+		generation bool
+	}{
+		{"no sockshim: 4 workers the harness started, `systemctl reload` of a unit whose `ExecReload=` is /bin/true, paced like the rolling reloads", "bench-floor", false},
+		{"no sockshim: the same, and after each reload request the harness replaces the 4 workers one at a time (start, READY=1, SIGTERM to the old one)", "bench-floor-generation", true},
+	} {
+		step("floor: " + f.name)
+		res, steady := floorSeries(b, m, bb, f.unit, reloads, rolling.cycle, f.generation)
+		floor = append(floor, ratio(res.P99, steady))
+		row(f.name, res, steady, "-", "-")
+	}
 	for _, drain := range []string{"tracked", "shutdown"} {
 		step("restarts without sockshim, drain=" + drain)
 		url := plainUnit(b, m, bb, "bench-plain-"+drain, drain)
+		steady := steadyP99(b, load.Options{URL: url, Concurrency: 16})
 		res, lat := restartSeries(b, m, url, "bench-plain-"+drain, reloads)
-		r.add("| `systemctl restart` without sockshim, worker drain=%s | %d | %s | %s | %s | %s | %s / %s | - |\n", drain, res.Requests, failedCell(res),
-			res.LongestGap.Round(time.Millisecond), steadyP99, res.P99.Round(10*time.Microsecond), pct(lat, 50), pct(lat, 99))
+		row("`systemctl restart` without sockshim, worker drain="+drain, res, steady, fmt.Sprintf("%s / %s", pct(lat, 50), pct(lat, 99)), "-")
 	}
 	r.add("\ndrain=tracked is examples/gracefulhttp; drain=shutdown is `http.Server.Shutdown` alone (see README).\n\n")
 	r.add("## Where the gaps come from\n\nEach gap (a time in which no request was answered) placed on its reload's timeline: the step sockshim had last logged, counted from `systemctl reload` being run.\n\n%s", strings.Join(r.stalls, ""))
 	r.add("%s\n\n", stallCause)
+	r.add("**What the machine itself costs.** Paced like the rolling reloads (one every %s), `systemctl reload` with nothing to do raised the p99 to %s of steady, and replacing the 4 workers after each request, without sockshim, to %s. sockshim's rolling reloads: %s. What sockshim adds to that floor is its own CPU time, each worker's trampoline, the `sockshim reload` process and each worker's cgroup (rows above and below).\n\n",
+		rolling.cycle.Round(time.Millisecond), floor[0], floor[1], rolling.ratio)
 
 	r.add("## sockshim's own cost\n\n| strategy | RSS after %d reloads | CPU time per reload |\n|---|---|---|\n%s\n\n", reloads, strings.Join(r.resources, "\n"))
 	step("exec costs")
@@ -227,6 +252,32 @@ func rateP99(rs []*load.Result) (float64, time.Duration) {
 	}
 	slices.Sort(p99s)
 	return float64(n) / el.Seconds(), p99s[len(p99s)/2].Round(10 * time.Microsecond)
+}
+
+const (
+	steadyRounds = 3
+	steadyRound  = 4 * time.Second
+)
+
+// steadyP99 is the median p99 of steadyRounds rounds of load o without
+// reloads.
+func steadyP99(tb testing.TB, o load.Options) time.Duration {
+	var p99s []time.Duration
+	for range steadyRounds {
+		o.Duration = steadyRound
+		res, err := load.Run(context.Background(), o)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		p99s = append(p99s, res.P99)
+	}
+	slices.Sort(p99s)
+	return p99s[len(p99s)/2].Round(10 * time.Microsecond)
+}
+
+// ratio is p99 as a multiple of steady.
+func ratio(p99, steady time.Duration) string {
+	return fmt.Sprintf("%.2f×", float64(p99)/float64(steady))
 }
 
 func pct(ds []time.Duration, p int) time.Duration {

@@ -233,11 +233,16 @@ const stallCause = `**What causes the gaps.** Neither sockshim nor the measureme
 	"below). The longest gaps fall where those bursts are: while a new worker starts and an old one drains, " +
 	"and, before sockshim has even been asked, while systemd starts the `ExecReload=` process. The load client " +
 	"is not their cause: with the client in a process of its own, the longest gap and the p99 are of the same " +
-	"size (row above). With 4 clients, which leave the CPUs idle part of the time, the same reloads barely move " +
-	"the p99 (row above). So what sockshim can do is cost less per reload and spread what it starts: a trampoline " +
-	"that starts like a Go program that only execs (exec costs below); less CPU of its own (one P instead of one " +
-	"per core, the release check reading the draining workers' cgroups instead of all of /proc, one kept socket " +
-	"to the service manager, fewer system calls per worker start); and, for a parallel reload, `surge` to start " +
-	"the new generation a few workers at a time instead of all at once (its own row above). " +
-	"Starting new workers at a lower priority (nice 10 or 19 until ready) was measured and not kept: in A/B runs " +
-	"of 30 reloads each it moved the p99 during reloads by less than the noise and made each reload slower."
+	"size (row above). The two rows without sockshim separate what the machine pays for any reload from what " +
+	"sockshim adds: the same reload requests at the same pace, and the same replacement of 4 serving workers, " +
+	"done by the harness with no trampoline, cgroup or supervisor (next paragraph). So what sockshim can do is " +
+	"cost less per reload and spread what it starts: a trampoline that starts like a Go program that only execs " +
+	"(exec costs below); less CPU of its own (one P instead of one per core, the release check reading the " +
+	"draining workers' cgroups instead of all of /proc, one kept socket to the service manager, fewer system " +
+	"calls per worker start); and, for a parallel reload, `surge` to start the new generation a few workers at " +
+	"a time instead of all at once (its own row above). Measured and not kept: starting new workers at a lower " +
+	"priority (nice 10 or 19 until ready), which in A/B runs of 30 reloads each moved the p99 during reloads by " +
+	"less than the noise and made each reload slower; and the scheduler's slice hint (`sched_setattr`'s " +
+	"sched_runtime, Linux 6.12 and later), a 100 ms slice for each new worker until READY=1 so that serving " +
+	"workers preempt it when they wake, or a 0.2 ms slice for sockshim's own threads, neither of which moved the " +
+	"p99 or sockshim's CPU time beyond the noise in A/B runs of 3 and 4 rounds of 40 reloads."

@@ -48,6 +48,7 @@ func main() {
 	daemonize := flag.String("daemonize", "", `before READY=1, start a copy of this program in a new session that serves the listening sockets with version VERSION-daemon, then "exit" (status 0) or "stay" (carry on as usual)`)
 	daemonPIDFile := flag.String("daemon-pidfile", "", "where the -daemonize copy writes its pid")
 	daemonChild := flag.Bool("daemon-child", false, "internal: serve descriptors 3… as the -daemonize copy")
+	listenFD3 := flag.Bool("listen-fd3", false, "serve descriptor 3, without LISTEN_FDS: for the benchmark's floor series, which starts workers without a trampoline to set LISTEN_PID")
 	exitAfterReady := flag.Duration("exit-after-ready", 0, "this long after READY=1, drain as on SIGTERM (every accepted request answered) and exit with status 3: a build that dies soon after it started")
 	healthDir := flag.String("health-dir", "", "write DIR/PID: \"ok\" at READY=1, \"failing\" once -health-fail-after passed (for a health_command that checks this very worker)")
 	healthFailAfter := flag.Duration("health-fail-after", 0, "with -health-dir: report failing this long after READY=1 (0: never)")
@@ -72,6 +73,11 @@ func main() {
 		return
 	}
 	lns, err := activation.Listeners()
+	if *listenFD3 {
+		var ln net.Listener
+		ln, err = net.FileListener(os.NewFile(3, "fd3"))
+		lns = []net.Listener{ln}
+	}
 	if err != nil {
 		log.Error("inherited sockets", "err", err)
 		os.Exit(1)

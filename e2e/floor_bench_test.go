@@ -1,0 +1,159 @@
+package e2e
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sockshim/sockshim/testenv"
+	"github.com/sockshim/sockshim/testenv/load"
+	"golang.org/x/sys/unix"
+)
+
+// This file measures what a reload costs the machine before sockshim adds
+// anything, so that BENCHMARKS.md can tell the two apart. No sockshim runs:
+// the harness holds a listening socket and 4 testworkers serve it, started
+// by the harness itself. Reload requests come at the pace of sockshim's
+// rolling reloads, as `systemctl reload` of a unit whose ExecReload= is
+// /bin/true: systemctl and systemd's job alone. A second series adds, after
+// each request, what any supervisor that replaces processes has to do: a
+// new worker process per slot, one at a time, each waited for until it
+// sends READY=1, then the old one in that slot sent SIGTERM to drain.
+
+// floorSeries runs n reload requests of unit under 16 clients, one every
+// cycle, and with generation a new set of workers after each. It returns
+// the load's result and the steady p99 just before.
+func floorSeries(tb testing.TB, m *testenv.Manager, bb bins, unit string, n int, cycle time.Duration, generation bool) (*load.Result, time.Duration) {
+	ln := floorListener(tb)
+	workers := replaceGeneration(tb, bb, ln, nil, 4)
+	defer func() { stopAll(workers) }()
+	m.WriteUnit(tb, unit+".service", "[Service]\nExecStart=/bin/sleep infinity\nExecReload=/bin/true\n")
+	m.MustSystemctl(tb, "start", unit+".service")
+	o := load.Options{URL: "http://" + ln.Addr().String() + "/", Concurrency: 16}
+	steady := steadyP99(tb, o)
+	return underLoad(tb, o, func() {
+		for range n {
+			began := time.Now()
+			m.MustSystemctl(tb, "reload", unit+".service")
+			if generation {
+				workers = replaceGeneration(tb, bb, ln, workers, 4)
+			}
+			time.Sleep(cycle - time.Since(began))
+		}
+	}), steady
+}
+
+// floorListener is a loopback listener for the floor's workers, closed
+// when the test ends.
+func floorListener(tb testing.TB) *net.TCPListener {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ln.Close() })
+	return ln.(*net.TCPListener)
+}
+
+// replaceGeneration starts count testworkers on ln, one at a time, waits
+// for each one's READY=1 and then sends SIGTERM to the process of old in
+// its slot; it returns the new processes.
+func replaceGeneration(tb testing.TB, bb bins, ln *net.TCPListener, old []*os.Process, count int) []*os.Process {
+	var next []*os.Process
+	for i := range count {
+		next = append(next, startReady(tb, bb, ln))
+		if i < len(old) {
+			stopAll(old[i : i+1])
+		}
+	}
+	return next
+}
+
+// startReady starts a testworker serving ln as its descriptor 3 and returns
+// once it has sent READY=1 to a notify socket of its own. It forks with
+// syscall.ForkExec and the listener's raw descriptor: exec.Cmd would call
+// Fd on it, which puts the socket, shared with every worker, in blocking
+// mode, and a worker blocked in accept(2) then never drains.
+func startReady(tb testing.TB, bb bins, ln *net.TCPListener) *os.Process {
+	name := fmt.Sprintf("@sockshim-floor-%d-%d", os.Getpid(), time.Now().UnixNano())
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: name, Net: "unixgram"})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer notify.Close()
+	null, err := unix.Open(os.DevNull, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer unix.Close(null)
+	raw, err := ln.SyscallConn()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var pid int
+	var ferr error
+	err = raw.Control(func(fd uintptr) {
+		pid, ferr = syscall.ForkExec(bb.testworker, []string{"testworker", "-listen-fd3", "-version", "floor"}, &syscall.ProcAttr{
+			Env:   append(os.Environ(), "NOTIFY_SOCKET="+name),
+			Files: []uintptr{uintptr(null), uintptr(null), uintptr(null), fd},
+		})
+	})
+	if err == nil {
+		err = ferr
+	}
+	if err != nil {
+		tb.Fatalf("starting testworker: %v", err)
+	}
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	notify.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 4096)
+	for {
+		n, _, err := notify.ReadFrom(buf)
+		if err != nil {
+			tb.Fatalf("testworker pid %d never sent READY=1: %v", pid, err)
+		}
+		if strings.Contains("\n"+string(buf[:n])+"\n", "\nREADY=1\n") {
+			return p
+		}
+	}
+}
+
+// stopAll sends SIGTERM to each process, which drains and exits, and reaps
+// it in the background.
+func stopAll(procs []*os.Process) {
+	for _, p := range procs {
+		_ = p.Signal(syscall.SIGTERM)
+		go p.Wait()
+	}
+}
+
+// TestReplaceGeneration checks the floor series' stand-in for a new
+// generation: every process of a round becomes ready and answers on the
+// shared socket, and each round's processes exit once the next round or
+// stopAll replaces them.
+func TestReplaceGeneration(t *testing.T) {
+	bb := build(t)
+	ln := floorListener(t)
+	first := replaceGeneration(t, bb, ln, nil, 2)
+	second := replaceGeneration(t, bb, ln, first, 2)
+	awaitExit(t, pids(first))
+	if a := get(t, "http://"+ln.Addr().String()+"/"); a.version != "floor" {
+		t.Fatalf("answer %+v, want version floor", a)
+	}
+	stopAll(second)
+	awaitExit(t, pids(second))
+}
+
+func pids(procs []*os.Process) []int {
+	var out []int
+	for _, p := range procs {
+		out = append(out, p.Pid)
+	}
+	return out
+}
