@@ -127,14 +127,18 @@ func BenchmarkReport(b *testing.B) {
 	row("sockshim rolling, 4 workers, load client in a process of its own (steady: the rolling case's)", ext, rolling.steady, "-", "-")
 	var floor []string
 	for _, f := range []struct {
-		name, unit string
-		generation bool
+		name  string
+		round func() floorRound
 	}{
-		{"no sockshim: 4 workers the harness started, `systemctl reload` of a unit whose `ExecReload=` is /bin/true, paced like the rolling reloads", "bench-floor", false},
-		{"no sockshim: the same, and after each reload request the harness replaces the 4 workers one at a time (start, READY=1, SIGTERM to the old one)", "bench-floor-generation", true},
+		{"no sockshim: 4 workers the harness started, `systemctl reload` of a unit whose `ExecReload=` is /bin/true, paced like the rolling reloads",
+			func() floorRound { return noopReload(b, m, bb, "bench-floor", false) }},
+		{"no sockshim: the same, and after each reload request the harness replaces the 4 workers one at a time (start, READY=1, SIGTERM to the old one)",
+			func() floorRound { return noopReload(b, m, bb, "bench-floor-replace", true) }},
+		{"the same 4 workers the harness started, and beside them sockshim's rolling reloads of a second app whose 4 workers serve nothing",
+			func() floorRound { return idleSockshimReload(b, m, bb, "bench-floor-beside") }},
 	} {
 		step("floor: " + f.name)
-		res, steady := floorSeries(b, m, bb, f.unit, reloads, rolling.cycle, f.generation)
+		res, steady := floorSeries(b, bb, reloads, rolling.cycle, f.round())
 		floor = append(floor, ratio(res.P99, steady))
 		row(f.name, res, steady, "-", "-")
 	}
@@ -148,8 +152,8 @@ func BenchmarkReport(b *testing.B) {
 	r.add("\ndrain=tracked is examples/gracefulhttp; drain=shutdown is `http.Server.Shutdown` alone (see README).\n\n")
 	r.add("## Where the gaps come from\n\nEach gap (a time in which no request was answered) placed on its reload's timeline: the step sockshim had last logged, counted from `systemctl reload` being run.\n\n%s", strings.Join(r.stalls, ""))
 	r.add("%s\n\n", stallCause)
-	r.add("**What the machine itself costs.** Paced like the rolling reloads (one every %s), `systemctl reload` with nothing to do raised the p99 to %s of steady, and replacing the 4 workers after each request, without sockshim, to %s. sockshim's rolling reloads: %s. What sockshim adds to that floor is its own CPU time, each worker's trampoline, the `sockshim reload` process and each worker's cgroup (rows above and below).\n\n",
-		rolling.cycle.Round(time.Millisecond), floor[0], floor[1], rolling.ratio)
+	r.add("**What the machine itself costs.** Paced like the rolling reloads (one every %s), `systemctl reload` with nothing to do raised the p99 to %s of steady; replacing the 4 serving workers after each request, without sockshim, to %s; sockshim's rolling reloads of a second app whose workers serve nothing, beside the same serving workers, to %s. sockshim's rolling reloads of the workers that serve: %s. The first two are what any reload that replaces 4 serving processes costs on this machine; the third is sockshim's whole reload (its CPU time, the trampolines, the `sockshim reload` process, the new workers' start and the old ones' exit) minus the replacement of the workers that serve.\n\n",
+		rolling.cycle.Round(time.Millisecond), floor[0], floor[1], floor[2], rolling.ratio)
 
 	r.add("## sockshim's own cost\n\n| strategy | RSS after %d reloads | CPU time per reload |\n|---|---|---|\n%s\n\n", reloads, strings.Join(r.resources, "\n"))
 	step("exec costs")

@@ -14,37 +14,69 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// This file measures what a reload costs the machine before sockshim adds
-// anything, so that BENCHMARKS.md can tell the two apart. No sockshim runs:
-// the harness holds a listening socket and 4 testworkers serve it, started
-// by the harness itself. Reload requests come at the pace of sockshim's
-// rolling reloads, as `systemctl reload` of a unit whose ExecReload= is
-// /bin/true: systemctl and systemd's job alone. A second series adds, after
-// each request, what any supervisor that replaces processes has to do: a
-// new worker process per slot, one at a time, each waited for until it
-// sends READY=1, then the old one in that slot sent SIGTERM to drain.
+// This file measures what a reload costs the machine apart from replacing
+// the workers that serve, so that BENCHMARKS.md can tell the parts apart.
+// No sockshim serves: the harness holds a listening socket and 4
+// testworkers it started serve it. Rounds come at the pace of sockshim's
+// rolling reloads, and each round is one of:
+//
+//   - `systemctl reload` of a unit whose ExecReload= is /bin/true:
+//     systemctl and systemd's job alone;
+//   - that, then the harness replaces the 4 serving workers one at a time
+//     (start, READY=1, SIGTERM to the old one): what any supervisor that
+//     replaces processes has to do, without a trampoline, cgroup or
+//     supervisor;
+//   - a rolling reload of a second sockshim app whose 4 workers serve
+//     nothing: all of sockshim's reload, except that the workers it
+//     replaces are not the ones serving.
 
-// floorSeries runs n reload requests of unit under 16 clients, one every
-// cycle, and with generation a new set of workers after each. It returns
-// the load's result and the steady p99 just before.
-func floorSeries(tb testing.TB, m *testenv.Manager, bb bins, unit string, n int, cycle time.Duration, generation bool) (*load.Result, time.Duration) {
+// floorRound is one round of a floor series; it returns the serving
+// workers, replaced or not.
+type floorRound func(ln *net.TCPListener, serving []*os.Process) []*os.Process
+
+// floorSeries runs n rounds under 16 clients, one every cycle (or as fast
+// as they go when slower). It returns the load's result and the steady p99
+// just before.
+func floorSeries(tb testing.TB, bb bins, n int, cycle time.Duration, round floorRound) (*load.Result, time.Duration) {
 	ln := floorListener(tb)
-	workers := replaceGeneration(tb, bb, ln, nil, 4)
-	defer func() { stopAll(workers) }()
-	m.WriteUnit(tb, unit+".service", "[Service]\nExecStart=/bin/sleep infinity\nExecReload=/bin/true\n")
-	m.MustSystemctl(tb, "start", unit+".service")
+	serving := replaceGeneration(tb, bb, ln, nil, 4)
+	defer func() { stopAll(serving) }()
 	o := load.Options{URL: "http://" + ln.Addr().String() + "/", Concurrency: 16}
 	steady := steadyP99(tb, o)
 	return underLoad(tb, o, func() {
 		for range n {
 			began := time.Now()
-			m.MustSystemctl(tb, "reload", unit+".service")
-			if generation {
-				workers = replaceGeneration(tb, bb, ln, workers, 4)
-			}
+			serving = round(ln, serving)
 			time.Sleep(cycle - time.Since(began))
 		}
 	}), steady
+}
+
+// noopReload installs unit, whose reload does nothing, and returns a round
+// that reloads it and, with replace, then replaces the serving workers.
+func noopReload(tb testing.TB, m *testenv.Manager, bb bins, unit string, replace bool) floorRound {
+	m.WriteUnit(tb, unit+".service", "[Service]\nExecStart=/bin/sleep infinity\nExecReload=/bin/true\n")
+	m.MustSystemctl(tb, "start", unit+".service")
+	return func(ln *net.TCPListener, serving []*os.Process) []*os.Process {
+		m.MustSystemctl(tb, "reload", unit+".service")
+		if replace {
+			serving = replaceGeneration(tb, bb, ln, serving, 4)
+		}
+		return serving
+	}
+}
+
+// idleSockshimReload starts a sockshim app of 4 rolling workers that no
+// client uses and returns a round that reloads it until its old
+// generation is gone.
+func idleSockshimReload(tb testing.TB, m *testenv.Manager, bb bins, unit string) floorRound {
+	a := installApp(tb, m, bb, unit, workerConfig(bb, "v1", "rolling", 1, 4))
+	a.activate(tb)
+	sup := status(tb, a.ctl).PID
+	return func(_ *net.TCPListener, serving []*os.Process) []*os.Process {
+		reloadAndWait(tb, m, unit, sup)
+		return serving
+	}
 }
 
 // floorListener is a loopback listener for the floor's workers, closed

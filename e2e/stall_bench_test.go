@@ -233,9 +233,9 @@ const stallCause = `**What causes the gaps.** Neither sockshim nor the measureme
 	"below). The longest gaps fall where those bursts are: while a new worker starts and an old one drains, " +
 	"and, before sockshim has even been asked, while systemd starts the `ExecReload=` process. The load client " +
 	"is not their cause: with the client in a process of its own, the longest gap and the p99 are of the same " +
-	"size (row above). The two rows without sockshim separate what the machine pays for any reload from what " +
-	"sockshim adds: the same reload requests at the same pace, and the same replacement of 4 serving workers, " +
-	"done by the harness with no trampoline, cgroup or supervisor (next paragraph). So what sockshim can do is " +
+	"size (row above). The three floor rows take a reload apart: the same reload requests at the same pace, " +
+	"the same replacement of 4 serving workers done by the harness with no trampoline, cgroup or supervisor, " +
+	"and sockshim's whole reload beside workers it does not replace (next paragraph). So what sockshim can do is " +
 	"cost less per reload and spread what it starts: a trampoline that starts like a Go program that only execs " +
 	"(exec costs below); less CPU of its own (one P instead of one per core, the release check reading the " +
 	"draining workers' cgroups instead of all of /proc, one kept socket to the service manager, fewer system " +
