@@ -138,7 +138,7 @@ func BenchmarkReport(b *testing.B) {
 			func() floorRound { return idleSockshimReload(b, m, bb, "bench-floor-beside") }},
 	} {
 		step("floor: " + f.name)
-		res, steady := floorSeries(b, bb, reloads, rolling.cycle, f.round())
+		res, steady := floorSeries(b, m, bb, fmt.Sprintf("bench-floor-home%d", len(floor)), reloads, rolling.cycle, f.round())
 		floor = append(floor, ratio(res.P99, steady))
 		row(f.name, res, steady, "-", "-")
 	}

@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -14,11 +17,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// This file measures what a reload costs the machine apart from replacing
-// the workers that serve, so that BENCHMARKS.md can tell the parts apart.
-// No sockshim serves: the harness holds a listening socket and 4
-// testworkers it started serve it. Rounds come at the pace of sockshim's
-// rolling reloads, and each round is one of:
+// This file takes apart what a reload costs the clients, so that
+// BENCHMARKS.md can tell what the machine pays for any reload from what
+// sockshim adds. No sockshim serves: the harness holds a listening socket
+// and 4 testworkers it started serve it. They join the CPU cgroups of a
+// service of the same user manager, as a service's processes are there: a
+// cgroup with the cpu controller is a scheduling group weighted against the
+// load client's, so a reload's new processes take their CPU from the
+// service's share. Rounds come at the pace of sockshim's rolling reloads,
+// and each round is one of:
 //
 //   - `systemctl reload` of a unit whose ExecReload= is /bin/true:
 //     systemctl and systemd's job alone;
@@ -32,21 +39,22 @@ import (
 
 // floorRound is one round of a floor series; it returns the serving
 // workers, replaced or not.
-type floorRound func(ln *net.TCPListener, serving []*os.Process) []*os.Process
+type floorRound func(home []string, ln *net.TCPListener, serving []*os.Process) []*os.Process
 
 // floorSeries runs n rounds under 16 clients, one every cycle (or as fast
 // as they go when slower). It returns the load's result and the steady p99
 // just before.
-func floorSeries(tb testing.TB, bb bins, n int, cycle time.Duration, round floorRound) (*load.Result, time.Duration) {
+func floorSeries(tb testing.TB, m *testenv.Manager, bb bins, unit string, n int, cycle time.Duration, round floorRound) (*load.Result, time.Duration) {
+	home := serviceCPUCgroups(tb, m, unit)
 	ln := floorListener(tb)
-	serving := replaceGeneration(tb, bb, ln, nil, 4)
+	serving := replaceGeneration(tb, bb, home, ln, nil, 4)
 	defer func() { stopAll(serving) }()
 	o := load.Options{URL: "http://" + ln.Addr().String() + "/", Concurrency: 16}
 	steady := steadyP99(tb, o)
 	return underLoad(tb, o, func() {
 		for range n {
 			began := time.Now()
-			serving = round(ln, serving)
+			serving = round(home, ln, serving)
 			time.Sleep(cycle - time.Since(began))
 		}
 	}), steady
@@ -57,10 +65,10 @@ func floorSeries(tb testing.TB, bb bins, n int, cycle time.Duration, round floor
 func noopReload(tb testing.TB, m *testenv.Manager, bb bins, unit string, replace bool) floorRound {
 	m.WriteUnit(tb, unit+".service", "[Service]\nExecStart=/bin/sleep infinity\nExecReload=/bin/true\n")
 	m.MustSystemctl(tb, "start", unit+".service")
-	return func(ln *net.TCPListener, serving []*os.Process) []*os.Process {
+	return func(home []string, ln *net.TCPListener, serving []*os.Process) []*os.Process {
 		m.MustSystemctl(tb, "reload", unit+".service")
 		if replace {
-			serving = replaceGeneration(tb, bb, ln, serving, 4)
+			serving = replaceGeneration(tb, bb, home, ln, serving, 4)
 		}
 		return serving
 	}
@@ -73,7 +81,7 @@ func idleSockshimReload(tb testing.TB, m *testenv.Manager, bb bins, unit string)
 	a := installApp(tb, m, bb, unit, workerConfig(bb, "v1", "rolling", 1, 4))
 	a.activate(tb)
 	sup := status(tb, a.ctl).PID
-	return func(_ *net.TCPListener, serving []*os.Process) []*os.Process {
+	return func(_ []string, _ *net.TCPListener, serving []*os.Process) []*os.Process {
 		reloadAndWait(tb, m, unit, sup)
 		return serving
 	}
@@ -90,13 +98,68 @@ func floorListener(tb testing.TB) *net.TCPListener {
 	return ln.(*net.TCPListener)
 }
 
-// replaceGeneration starts count testworkers on ln, one at a time, waits
-// for each one's READY=1 and then sends SIGTERM to the process of old in
-// its slot; it returns the new processes.
-func replaceGeneration(tb testing.TB, bb bins, ln *net.TCPListener, old []*os.Process, count int) []*os.Process {
+// serviceCPUCgroups starts unit, a service that only sleeps, and returns
+// the directories of its cgroups in every hierarchy that can schedule CPU
+// by group: a v1 hierarchy with the cpu controller, and the v2 one.
+func serviceCPUCgroups(tb testing.TB, m *testenv.Manager, unit string) []string {
+	m.WriteUnit(tb, unit+".service", "[Service]\nExecStart=/bin/sleep infinity\n")
+	m.MustSystemctl(tb, "start", unit+".service")
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	v1 := map[string]string{} // controllers, as /proc/PID/cgroup names them, → mount point
+	var v2 string
+	for _, line := range strings.Split(string(mounts), "\n") {
+		left, right, ok := strings.Cut(line, " - ")
+		fields, super := strings.Fields(left), strings.Fields(right)
+		if !ok || len(fields) < 5 || len(super) < 3 {
+			continue
+		}
+		switch super[0] {
+		case "cgroup2":
+			v2 = fields[4]
+		case "cgroup":
+			var ctrls []string
+			for _, o := range strings.Split(super[2], ",") {
+				if o == "cpu" || o == "cpuacct" {
+					ctrls = append(ctrls, o)
+				}
+			}
+			if slices.Contains(ctrls, "cpu") {
+				v1[strings.Join(ctrls, ",")] = fields[4]
+			}
+		}
+	}
+	own, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", m.MainPID(tb, unit+".service")))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var dirs []string
+	for _, line := range strings.Split(strings.TrimSpace(string(own)), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		if mount, ok := v1[parts[1]]; ok {
+			dirs = append(dirs, filepath.Join(mount, parts[2]))
+		} else if parts[1] == "" && v2 != "" {
+			dirs = append(dirs, filepath.Join(v2, parts[2]))
+		}
+	}
+	if len(dirs) == 0 {
+		tb.Fatalf("no cgroup of %s to put the floor's workers in:\n%s", unit, own)
+	}
+	return dirs
+}
+
+// replaceGeneration starts count testworkers on ln, one at a time, each
+// moved into the cgroups home, waits for each one's READY=1 and then sends
+// SIGTERM to the process of old in its slot; it returns the new processes.
+func replaceGeneration(tb testing.TB, bb bins, home []string, ln *net.TCPListener, old []*os.Process, count int) []*os.Process {
 	var next []*os.Process
 	for i := range count {
-		next = append(next, startReady(tb, bb, ln))
+		next = append(next, startReady(tb, bb, home, ln))
 		if i < len(old) {
 			stopAll(old[i : i+1])
 		}
@@ -104,12 +167,12 @@ func replaceGeneration(tb testing.TB, bb bins, ln *net.TCPListener, old []*os.Pr
 	return next
 }
 
-// startReady starts a testworker serving ln as its descriptor 3 and returns
-// once it has sent READY=1 to a notify socket of its own. It forks with
+// startReady starts a testworker serving ln as its descriptor 3, moves it
+// into the cgroups home and returns once it has sent READY=1 to a notify socket of its own. It forks with
 // syscall.ForkExec and the listener's raw descriptor: exec.Cmd would call
 // Fd on it, which puts the socket, shared with every worker, in blocking
 // mode, and a worker blocked in accept(2) then never drains.
-func startReady(tb testing.TB, bb bins, ln *net.TCPListener) *os.Process {
+func startReady(tb testing.TB, bb bins, home []string, ln *net.TCPListener) *os.Process {
 	name := fmt.Sprintf("@sockshim-floor-%d-%d", os.Getpid(), time.Now().UnixNano())
 	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: name, Net: "unixgram"})
 	if err != nil {
@@ -143,6 +206,11 @@ func startReady(tb testing.TB, bb bins, ln *net.TCPListener) *os.Process {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	for _, dir := range home {
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
+			tb.Fatalf("moving testworker pid %d into %s: %v", pid, dir, err)
+		}
+	}
 	notify.SetReadDeadline(time.Now().Add(10 * time.Second))
 	buf := make([]byte, 4096)
 	for {
@@ -166,17 +234,30 @@ func stopAll(procs []*os.Process) {
 }
 
 // TestReplaceGeneration checks the floor series' stand-in for a new
-// generation: every process of a round becomes ready and answers on the
-// shared socket, and each round's processes exit once the next round or
-// stopAll replaces them.
+// generation: every process of a round becomes ready in the service's CPU
+// cgroups and answers on the shared socket, and each round's processes exit
+// once the next round or stopAll replaces them.
 func TestReplaceGeneration(t *testing.T) {
 	bb := build(t)
+	m := testenv.StartUserManager(t)
+	home := serviceCPUCgroups(t, m, "floor-home")
 	ln := floorListener(t)
-	first := replaceGeneration(t, bb, ln, nil, 2)
-	second := replaceGeneration(t, bb, ln, first, 2)
+	first := replaceGeneration(t, bb, home, ln, nil, 2)
+	second := replaceGeneration(t, bb, home, ln, first, 2)
 	awaitExit(t, pids(first))
 	if a := get(t, "http://"+ln.Addr().String()+"/"); a.version != "floor" {
 		t.Fatalf("answer %+v, want version floor", a)
+	}
+	for _, dir := range home {
+		procs, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, pid := range pids(second) {
+			if !slices.Contains(strings.Fields(string(procs)), strconv.Itoa(pid)) {
+				t.Errorf("testworker pid %d is not in %s", pid, dir)
+			}
+		}
 	}
 	stopAll(second)
 	awaitExit(t, pids(second))

@@ -235,7 +235,11 @@ const stallCause = `**What causes the gaps.** Neither sockshim nor the measureme
 	"is not their cause: with the client in a process of its own, the longest gap and the p99 are of the same " +
 	"size (row above). The three floor rows take a reload apart: the same reload requests at the same pace, " +
 	"the same replacement of 4 serving workers done by the harness with no trampoline, cgroup or supervisor, " +
-	"and sockshim's whole reload beside workers it does not replace (next paragraph). So what sockshim can do is " +
+	"and sockshim's whole reload beside workers it does not replace (next paragraph). The serving workers run in " +
+	"their service's CPU cgroup, weighted against the load client's (here the user manager's app.slice in the " +
+	"cgroup v1 cpu hierarchy, against the harness's init.scope), as a service's processes do under systemd, and " +
+	"the floor's workers are moved into it: whatever a reload runs inside the service (trampolines, new workers, " +
+	"`sockshim reload`, sockshim itself) takes its CPU from the share the serving workers need. So what sockshim can do is " +
 	"cost less per reload and spread what it starts: a trampoline that starts like a Go program that only execs " +
 	"(exec costs below); less CPU of its own (one P instead of one per core, the release check reading the " +
 	"draining workers' cgroups instead of all of /proc, one kept socket to the service manager, fewer system " +
@@ -245,4 +249,6 @@ const stallCause = `**What causes the gaps.** Neither sockshim nor the measureme
 	"less than the noise and made each reload slower; and the scheduler's slice hint (`sched_setattr`'s " +
 	"sched_runtime, Linux 6.12 and later), a 100 ms slice for each new worker until READY=1 so that serving " +
 	"workers preempt it when they wake, or a 0.2 ms slice for sockshim's own threads, neither of which moved the " +
-	"p99 or sockshim's CPU time beyond the noise in A/B runs of 3 and 4 rounds of 40 reloads."
+	"p99 or sockshim's CPU time beyond the noise in A/B runs of 4 and 3 rounds of 40 reloads. Containment is not " +
+	"the cause either: with the subreaper instead of a cgroup per worker, the p99 was the same and sockshim's CPU " +
+	"time per reload more than twice as high (12.0 to 12.6 ms against 5.1 to 5.8 ms, A/B in 3 rounds of 40 reloads)."

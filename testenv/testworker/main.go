@@ -72,11 +72,14 @@ func main() {
 		serveDaemon(*version, *acceptLogPath)
 		return
 	}
-	lns, err := activation.Listeners()
+	var lns []net.Listener
+	var err error
 	if *listenFD3 {
 		var ln net.Listener
 		ln, err = net.FileListener(os.NewFile(3, "fd3"))
 		lns = []net.Listener{ln}
+	} else {
+		lns, err = activation.Listeners()
 	}
 	if err != nil {
 		log.Error("inherited sockets", "err", err)
