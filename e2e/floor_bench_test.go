@@ -21,7 +21,7 @@ import (
 // BENCHMARKS.md can tell what the machine pays for any reload from what
 // sockshim adds. No sockshim serves: the harness holds a listening socket
 // and 4 testworkers it started serve it. They join the CPU cgroups of a
-// service of the same user manager, as a service's processes are there: a
+// service of the same user manager, where sockshim's workers run too: a
 // cgroup with the cpu controller is a scheduling group weighted against the
 // load client's, so a reload's new processes take their CPU from the
 // service's share. Rounds come at the pace of sockshim's rolling reloads,
