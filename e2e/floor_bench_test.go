@@ -108,7 +108,11 @@ func serviceCPUCgroups(tb testing.TB, m *testenv.Manager, unit string) []string 
 	if err != nil {
 		tb.Fatal(err)
 	}
-	v1 := map[string]string{} // controllers, as /proc/PID/cgroup names them, → mount point
+	type v1Mount struct {
+		dir  string
+		opts []string // super options: the controllers, among others
+	}
+	var v1 []v1Mount
 	var v2 string
 	for _, line := range strings.Split(string(mounts), "\n") {
 		left, right, ok := strings.Cut(line, " - ")
@@ -120,15 +124,7 @@ func serviceCPUCgroups(tb testing.TB, m *testenv.Manager, unit string) []string 
 		case "cgroup2":
 			v2 = fields[4]
 		case "cgroup":
-			var ctrls []string
-			for _, o := range strings.Split(super[2], ",") {
-				if o == "cpu" || o == "cpuacct" {
-					ctrls = append(ctrls, o)
-				}
-			}
-			if slices.Contains(ctrls, "cpu") {
-				v1[strings.Join(ctrls, ",")] = fields[4]
-			}
+			v1 = append(v1, v1Mount{fields[4], strings.Split(super[2], ",")})
 		}
 	}
 	own, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", m.MainPID(tb, unit+".service")))
@@ -141,11 +137,23 @@ func serviceCPUCgroups(tb testing.TB, m *testenv.Manager, unit string) []string 
 		if len(parts) != 3 {
 			continue
 		}
-		if mount, ok := v1[parts[1]]; ok {
-			dirs = append(dirs, filepath.Join(mount, parts[2]))
-		} else if parts[1] == "" && v2 != "" {
-			dirs = append(dirs, filepath.Join(v2, parts[2]))
+		if parts[1] == "" {
+			if v2 != "" {
+				dirs = append(dirs, filepath.Join(v2, parts[2]))
+			}
+			continue
 		}
+		ctrls := strings.Split(parts[1], ",")
+		if !slices.Contains(ctrls, "cpu") {
+			continue
+		}
+		i := slices.IndexFunc(v1, func(mnt v1Mount) bool {
+			return !slices.ContainsFunc(ctrls, func(c string) bool { return !slices.Contains(mnt.opts, c) })
+		})
+		if i < 0 {
+			tb.Fatalf("no mount of the cgroup v1 hierarchy %q of %s", parts[1], unit)
+		}
+		dirs = append(dirs, filepath.Join(v1[i].dir, parts[2]))
 	}
 	if len(dirs) == 0 {
 		tb.Fatalf("no cgroup of %s to put the floor's workers in:\n%s", unit, own)
