@@ -266,17 +266,17 @@ const (
 // steadyP99 is the median p99 of steadyRounds rounds of load o without
 // reloads.
 func steadyP99(tb testing.TB, o load.Options) time.Duration {
-	var p99s []time.Duration
+	var rs []*load.Result
 	for range steadyRounds {
 		o.Duration = steadyRound
 		res, err := load.Run(context.Background(), o)
 		if err != nil {
 			tb.Fatal(err)
 		}
-		p99s = append(p99s, res.P99)
+		rs = append(rs, res)
 	}
-	slices.Sort(p99s)
-	return p99s[len(p99s)/2].Round(10 * time.Microsecond)
+	_, p99 := rateP99(rs)
+	return p99
 }
 
 // ratio is p99 as a multiple of steady.
@@ -508,14 +508,9 @@ func scale(tb testing.TB, bb bins, sockets, workers int) (time.Duration, time.Du
 	cfg := filepath.Join(dir, "scale.toml")
 	os.WriteFile(cfg, []byte(sb.String()), 0o644)
 
-	notifyPath := filepath.Join(dir, "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer conn.Close()
+	up := newUpstream(tb)
 	cmd := exec.Command(bb.sockshim, "run", "-c", cfg)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notifyPath)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+up.path)
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		tb.Fatal(err)
@@ -524,17 +519,7 @@ func scale(tb testing.TB, bb bins, sockets, workers int) (time.Duration, time.Du
 		cmd.Process.Signal(syscall.SIGTERM)
 		cmd.Wait()
 	}()
-	buf := make([]byte, 8192)
-	conn.SetReadDeadline(time.Now().Add(5 * time.Minute))
-	for {
-		n, err := conn.Read(buf)
-		if err != nil {
-			tb.Fatalf("no READY=1 from the scale run: %v", err)
-		}
-		if strings.Contains(string(buf[:n]), "READY=1") {
-			break
-		}
-	}
+	up.await(tb, "READY=1", 5*time.Minute)
 	started := time.Since(start)
 	start = time.Now()
 	if out, err := exec.Command(bb.sockshim, "reload", "-c", cfg).CombinedOutput(); err != nil {

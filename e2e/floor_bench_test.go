@@ -181,12 +181,8 @@ func replaceGeneration(tb testing.TB, bb bins, home []string, ln *net.TCPListene
 // Fd on it, which puts the socket, shared with every worker, in blocking
 // mode, and a worker blocked in accept(2) then never drains.
 func startReady(tb testing.TB, bb bins, home []string, ln *net.TCPListener) *os.Process {
-	name := fmt.Sprintf("@sockshim-floor-%d-%d", os.Getpid(), time.Now().UnixNano())
-	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: name, Net: "unixgram"})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer notify.Close()
+	up := newUpstream(tb)
+	defer up.conn.Close()
 	null, err := unix.Open(os.DevNull, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		tb.Fatal(err)
@@ -200,7 +196,7 @@ func startReady(tb testing.TB, bb bins, home []string, ln *net.TCPListener) *os.
 	var ferr error
 	err = raw.Control(func(fd uintptr) {
 		pid, ferr = syscall.ForkExec(bb.testworker, []string{"testworker", "-listen-fd3", "-version", "floor"}, &syscall.ProcAttr{
-			Env:   append(os.Environ(), "NOTIFY_SOCKET="+name),
+			Env:   append(os.Environ(), "NOTIFY_SOCKET="+up.path),
 			Files: []uintptr{uintptr(null), uintptr(null), uintptr(null), fd},
 		})
 	})
@@ -219,17 +215,8 @@ func startReady(tb testing.TB, bb bins, home []string, ln *net.TCPListener) *os.
 			tb.Fatalf("moving testworker pid %d into %s: %v", pid, dir, err)
 		}
 	}
-	notify.SetReadDeadline(time.Now().Add(10 * time.Second))
-	buf := make([]byte, 4096)
-	for {
-		n, _, err := notify.ReadFrom(buf)
-		if err != nil {
-			tb.Fatalf("testworker pid %d never sent READY=1: %v", pid, err)
-		}
-		if strings.Contains("\n"+string(buf[:n])+"\n", "\nREADY=1\n") {
-			return p
-		}
-	}
+	up.await(tb, "READY=1", 10*time.Second)
+	return p
 }
 
 // stopAll sends SIGTERM to each process, which drains and exits, and reaps

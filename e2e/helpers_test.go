@@ -223,7 +223,7 @@ func newUpstream(t testing.TB) *upstream {
 }
 
 // await returns the first datagram containing want, failing after timeout.
-func (u *upstream) await(t *testing.T, want string, timeout time.Duration) string {
+func (u *upstream) await(t testing.TB, want string, timeout time.Duration) string {
 	t.Helper()
 	msgs := u.collect(t, want, timeout)
 	return msgs[len(msgs)-1]
@@ -231,7 +231,7 @@ func (u *upstream) await(t *testing.T, want string, timeout time.Duration) strin
 
 // collect returns every datagram up to and including the first one that
 // contains want, failing after timeout.
-func (u *upstream) collect(t *testing.T, want string, timeout time.Duration) []string {
+func (u *upstream) collect(t testing.TB, want string, timeout time.Duration) []string {
 	t.Helper()
 	deadline := time.After(timeout)
 	var msgs []string
