@@ -161,9 +161,10 @@ func restartWithoutSockshim(t *testing.T, m *testenv.Manager, b bins, drain stri
 
 // checkNoLeaks asserts that sockshim has no zombie children and holds
 // exactly the descriptors it needs once old generations are gone: per live
-// worker one notify proxy socket, one stderr pipe and one pidfd (os/exec's
-// handle on the child); besides those only the passed socket, the control
-// socket, its socket to the service manager and the trampoline's image.
+// worker one notify proxy socket, one stderr pipe and two pidfds (os/exec's
+// handle on the child, and the one on the poller that tells its exit);
+// besides those only the passed socket, the control socket, its socket to
+// the service manager and the trampoline's image.
 func checkNoLeaks(t *testing.T, a *app) {
 	t.Helper()
 	pid := status(t, a.ctl).PID
@@ -174,7 +175,7 @@ func checkNoLeaks(t *testing.T, a *app) {
 		t.Errorf("zombie children of sockshim: %v", z)
 	}
 	live := len(workerPIDs(status(t, a.ctl), ""))
-	want := map[string]int{"socket": live + 3, "pipe": live, "pidfd": live, "trampoline": 1}
+	want := map[string]int{"socket": live + 3, "pipe": live, "pidfd": 2 * live, "trampoline": 1}
 	// The status call's own connection may still be closing on the server
 	// side; the counts must settle to exactly the expected ones.
 	var got map[string]int

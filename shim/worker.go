@@ -158,7 +158,7 @@ func startError(cfg config.Worker, err error) error {
 // stderr copier a moment to drain so the exit event carries the worker's last
 // words, but never waits on a pipe a surviving grandchild might hold forever.
 func (s *Supervisor) reap(id core.WorkerID, cmd *exec.Cmd, tail *stderrTail) {
-	err := cmd.Wait()
+	err := waitExit(cmd, s.log)
 	if s.reaper != nil {
 		s.reaper.Exited(cmd.Process.Pid)
 	}
@@ -176,6 +176,48 @@ func (s *Supervisor) reap(id core.WorkerID, cmd *exec.Cmd, tail *stderrTail) {
 		ev.Status = err.Error()
 	}
 	s.post(ev)
+}
+
+// waitExit waits for cmd's process to exit and reaps it, like cmd.Wait, but
+// parks the goroutine on the runtime's poller until the process's pidfd
+// becomes readable: cmd.Wait alone holds a thread in waitid(2) for the
+// worker's whole life, and with one P each such call makes the runtime hand
+// the P to another thread, waking threads sockshim pays for on every worker
+// start. Only sockshim reaps its children, so the pid names this child until
+// cmd.Wait. Should the poller be unavailable, cmd.Wait still waits.
+func waitExit(cmd *exec.Cmd, log *slog.Logger) error {
+	if err := awaitExit(cmd.Process.Pid); err != nil {
+		log.Debug("waiting for an exit in waitid instead of on the poller", "pid", cmd.Process.Pid, "err", err)
+	}
+	return cmd.Wait()
+}
+
+// awaitExit returns once the child pid has exited, without reaping it.
+func awaitExit(pid int) error {
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return fmt.Errorf("pidfd_open: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "pidfd") // non-blocking, so on the poller
+	defer f.Close()
+	conn, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var werr error
+	if err := conn.Read(func(fd uintptr) bool {
+		// WNOWAIT leaves the zombie for cmd.Wait; si_signo is SIGCHLD only
+		// once there is one.
+		var info unix.Siginfo
+		werr = unix.Waitid(unix.P_PIDFD, int(fd), &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+		return werr != nil || info.Signo == int32(unix.SIGCHLD)
+	}); err != nil {
+		return err
+	}
+	if werr != nil {
+		return fmt.Errorf("waitid: %w", werr)
+	}
+	return nil
 }
 
 func (s *Supervisor) trampolineCmd(cfg config.Worker, cred *syscall.Credential, notifyAddr string, slot, gen int) *exec.Cmd {
