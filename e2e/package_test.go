@@ -18,7 +18,7 @@ import (
 )
 
 // packages are a .deb and an .rpm built by scripts/package.sh.
-type packages struct{ deb, rpm, dir string }
+type packages struct{ deb, rpm string }
 
 var (
 	pkgMu    sync.Mutex
@@ -33,8 +33,8 @@ func buildPackages(t *testing.T, version string) packages {
 	if p, ok := pkgBuilt[version]; ok {
 		return p
 	}
-	dir, err := os.MkdirTemp("", "sockshim-pkg-")
-	if err != nil {
+	dir := filepath.Join(testenv.Scratch(t), "packages-"+version)
+	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("./scripts/package.sh")
@@ -48,7 +48,7 @@ func buildPackages(t *testing.T, version string) packages {
 	if len(debs) != 1 || len(rpms) != 1 {
 		t.Fatalf("package.sh made %v and %v", debs, rpms)
 	}
-	p := packages{deb: debs[0], rpm: rpms[0], dir: dir}
+	p := packages{deb: debs[0], rpm: rpms[0]}
 	pkgBuilt[version] = p
 	return p
 }
@@ -210,13 +210,12 @@ var (
 )
 
 // staticTestworker builds the testworker without cgo, so that it runs in any
-// root, once per test binary.
+// root, once per test binary; testenv.Build does so only when not racing.
 func staticTestworker(t *testing.T) string {
 	t.Helper()
 	twOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "sockshim-tw-")
-		if err != nil {
-			twErr = err
+		dir := filepath.Join(testenv.Scratch(t), "static")
+		if twErr = os.Mkdir(dir, 0o755); twErr != nil {
 			return
 		}
 		twPath = filepath.Join(dir, "testworker")

@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path"
@@ -12,17 +13,64 @@ import (
 
 var (
 	buildMu   sync.Mutex
-	buildDir  string
 	buildDone = map[string]string{}
+
+	scratchMu  sync.Mutex
+	scratchDir string
+	running    bool // the package's TestMain went through Run
 )
+
+// Run runs a package's tests and then removes the directory that Build and
+// Scratch filled for them, which every test of the process shares. A package
+// that uses either calls it from its TestMain:
+//
+//	func TestMain(m *testing.M) { os.Exit(testenv.Run(m)) }
+func Run(m *testing.M) int {
+	scratchMu.Lock()
+	running = true
+	scratchMu.Unlock()
+	code := m.Run()
+	scratchMu.Lock()
+	defer scratchMu.Unlock()
+	if scratchDir != "" {
+		if err := os.RemoveAll(scratchDir); err != nil {
+			fmt.Fprintf(os.Stderr, "testenv: %v\n", err)
+		}
+	}
+	return code
+}
+
+// Scratch returns a directory for what the tests of this process build once
+// and share (binaries, packages), readable by all users: tests run workers
+// and clients as other users. Run removes it; without Run the test fails,
+// since nothing else would.
+func Scratch(t testing.TB) string {
+	t.Helper()
+	scratchMu.Lock()
+	defer scratchMu.Unlock()
+	if !running {
+		t.Fatal("testenv: the package's TestMain must call testenv.Run, which removes what the tests built")
+	}
+	if scratchDir == "" {
+		dir, err := os.MkdirTemp("", "sockshim-test-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		scratchDir = dir
+	}
+	return scratchDir
+}
 
 const (
 	sockshimCmd = "github.com/sockshim/sockshim/cmd/sockshim"
 	handoffCmd  = "github.com/sockshim/sockshim/cmd/sockshim-handoff"
 )
 
-// Build compiles the main package at importPath once per test process and
-// returns the binary's path. When the tests run with -race, so is the
+// Build compiles the main package at importPath once per test process into
+// Scratch and returns the binary's path. When the tests run with -race, so is the
 // binary, which puts sockshim's own concurrency under the race detector in
 // every end-to-end test. Otherwise it is built without cgo, statically, as
 // scripts/package.sh builds what ships: a cgo build links libc dynamically
@@ -35,17 +83,7 @@ func Build(t testing.TB, importPath string) string {
 	if bin, ok := buildDone[importPath]; ok {
 		return bin
 	}
-	if buildDir == "" {
-		dir, err := os.MkdirTemp("", "sockshim-test-bin-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		// Readable by all: tests run workers, and clients, as other users.
-		if err := os.Chmod(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		buildDir = dir
-	}
+	buildDir := Scratch(t)
 	// sockshim starts its workers through the trampoline binary it finds
 	// beside itself, as the packages install them.
 	pkgs := []string{importPath}
