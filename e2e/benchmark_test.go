@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/sockshim/sockshim/handoff"
+	"github.com/sockshim/sockshim/handoff/trampoline"
 	"github.com/sockshim/sockshim/internal/procfs"
 	"github.com/sockshim/sockshim/testenv"
 	"github.com/sockshim/sockshim/testenv/load"
@@ -104,9 +105,10 @@ func BenchmarkReport(b *testing.B) {
 		o.URL = a.url
 		steady := steadyP99(b, o)
 		pid := status(b, a.ctl).PID
-		cpu0 := cpuTime(pid)
+		cpu0, _ := procTimes(b, pid)
 		sr := reloadSeries(b, m, a, unit, reloads, o)
-		cpu := cpuTime(pid) - cpu0
+		cpu1, _ := procTimes(b, pid)
+		cpu := cpu1 - cpu0
 		res := sr.res
 		row(name, res, steady, fmt.Sprintf("%s / %s", pct(sr.serving, 50), pct(sr.serving, 99)), fmt.Sprintf("%s / %s", pct(sr.gone, 50), pct(sr.gone, 99)))
 		if c.post || c.clients != 16 {
@@ -156,6 +158,8 @@ func BenchmarkReport(b *testing.B) {
 		rolling.cycle.Round(time.Millisecond), floor[0], floor[1], floor[2], rolling.ratio)
 
 	r.add("## sockshim's own cost\n\n| strategy | RSS after %d reloads | CPU time per reload |\n|---|---|---|\n%s\n\n", reloads, strings.Join(r.resources, "\n"))
+	step("where a reload's CPU time goes")
+	r.add("%s", reloadCPUReport(b, m, bb, reloads, rolling.cycle))
 	step("exec costs")
 	r.add("%s\n", execCosts(b, bb, 300))
 
@@ -382,18 +386,6 @@ func restartSeries(tb testing.TB, m *testenv.Manager, url, unit string, n int) (
 	return res, lat
 }
 
-// cpuTime is a process's user+system CPU time from /proc/PID/stat.
-func cpuTime(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-	ut, _ := strconv.Atoi(f[11])
-	st, _ := strconv.Atoi(f[12])
-	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
-}
-
 func rssKiB(pid int) int {
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	for _, l := range strings.Split(string(b), "\n") {
@@ -439,7 +431,9 @@ func execCosts(tb testing.TB, bb bins, n int) string {
 			tb.Fatal(err)
 		}
 		start := time.Now()
-		cmd := exec.Command(trampoline, handoff.TrampolineArg, "--", "/bin/true")
+		args, env := handoff.TrampolineArgs([]string{"/bin/true"}, os.Environ()) // as sockshim starts it
+		cmd := exec.Command(trampoline, args...)
+		cmd.Env = env
 		cmd.ExtraFiles = []*os.File{child}
 		if err := cmd.Start(); err != nil {
 			tb.Fatal(err)
@@ -462,7 +456,11 @@ func execCosts(tb testing.TB, bb bins, n int) string {
 		{what: "`/bin/true`", time: func() time.Duration { return run(exec.Command("/bin/true")) }},
 		{what: "a minimal Go program (`func main() {}`)", time: func() time.Duration { return run(exec.Command(minimal)) }},
 		{what: "`sockshim version`", time: func() time.Duration { return run(exec.Command(bb.sockshim, "version")) }},
-		{what: "`/bin/true` through a Go program that only execs it (testenv/minimalexec)", time: func() time.Duration { return run(exec.Command(minimalExec, "/bin/true")) }},
+		{what: "`/bin/true` through a Go program that only execs it (testenv/minimalexec), with one P like the trampoline", time: func() time.Duration {
+			cmd := exec.Command(minimalExec, "/bin/true")
+			cmd.Env = append(slices.Clone(trampoline.OwnEnv), os.Environ()...)
+			return run(cmd)
+		}},
 		{what: "`/bin/true` through " + handoff.BinaryName + ", 1 socket handed over", time: func() time.Duration { return through(handoffBin) }},
 		{what: "`/bin/true` through sockshim's own binary as trampoline, 1 socket", time: func() time.Duration { return through(bb.sockshim) }},
 	}

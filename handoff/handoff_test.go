@@ -6,12 +6,14 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/sockshim/sockshim/handoff/trampoline"
 	"github.com/sockshim/sockshim/handoff/wire"
 	"golang.org/x/sys/unix"
 )
@@ -373,5 +375,79 @@ func TestTrampolineName(t *testing.T) {
 	cmd.Wait()
 	if comm != want {
 		t.Errorf("the waiting trampoline is named %q, want %q", comm, want)
+	}
+}
+
+// TestTrampolineOwnEnv: the trampoline runs with OwnEnv in front of the
+// worker's environment and execs the worker with exactly the worker's (and
+// LISTEN_*), including a GOMAXPROCS of the worker's own.
+func TestTrampolineOwnEnv(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, _ := ln.(*net.TCPListener).File()
+	defer f.Close()
+	for _, worker := range [][]string{
+		{"PATH=/usr/bin:/bin", "A=1"},
+		{"PATH=/usr/bin:/bin", "GOMAXPROCS=7", "A=1"},
+	} {
+		a, b := pair(t)
+		args, env := TrampolineArgs([]string{"/usr/bin/env"}, worker)
+		cmd := exec.Command(os.Args[0], args...)
+		cmd.Env = env
+		cmd.ExtraFiles = []*os.File{b}
+		var out strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		b.Close()
+		// Still the trampoline, waiting for its sockets; the kernel fills
+		// in a new image's environment a moment after exec lets go of
+		// the parent.
+		var seen []string
+		for deadline := time.Now().Add(5 * time.Second); len(seen) == 0 && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", cmd.Process.Pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(raw) > 0 {
+				seen = strings.Split(strings.TrimSuffix(string(raw), "\x00"), "\x00")
+			}
+		}
+		wantOwn := trampoline.OwnEnv
+		if slices.Contains(worker, "GOMAXPROCS=7") {
+			wantOwn = nil
+		}
+		if len(seen) < len(worker) || !slices.Equal(seen[:len(seen)-len(worker)], wantOwn) || !slices.Equal(seen[len(seen)-len(worker):], worker) {
+			t.Errorf("trampoline's environment %q, want %q and then %q", seen, wantOwn, worker)
+		}
+		if err := Send(a, []Socket{{"web", f}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("%v\n%s", err, out.String())
+		}
+		want := append(slices.Clone(worker), fmt.Sprintf("LISTEN_PID=%d", cmd.Process.Pid), "LISTEN_FDS=1", "LISTEN_FDNAMES=web")
+		if got := strings.Split(strings.TrimSpace(out.String()), "\n"); !slices.Equal(got, want) {
+			t.Errorf("worker environment %q, want %q", got, want)
+		}
+	}
+}
+
+// TestTrampolineOwnEnvMissing: an entry named as the trampoline's own that
+// its environment lacks is a broken start, refused with status 127.
+func TestTrampolineOwnEnvMissing(t *testing.T) {
+	a, b := pair(t)
+	cmd := exec.Command(os.Args[0], TrampolineArg, "GOMAXPROCS=1", "--", "/bin/true")
+	cmd.Env = []string{"A=1"}
+	cmd.ExtraFiles = []*os.File{b}
+	a.Close() // a trampoline that went on would fail at the handoff instead
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 127 || !strings.Contains(string(out), `"GOMAXPROCS=1" is not in its environment`) {
+		t.Fatalf("exit %v, output %q; want 127 naming the missing entry", err, out)
 	}
 }

@@ -231,14 +231,14 @@ func (s *Supervisor) trampolineCmd(cfg config.Worker, cred *syscall.Credential, 
 		Pdeathsig:  syscall.SIGKILL,
 		Credential: cred,
 	}
-	args := append([]string{"sockshim", handoff.TrampolineArg, "--"}, cfg.Command...)
 	env := workerEnv(s.baseEnv, cfg.Env, notifyAddr, gen, slot, cfg.Name)
 	if s.instance != "" {
 		env = append(env, contain.Marker+"="+s.instance)
 	}
+	args, env := handoff.TrampolineArgs(cfg.Command, env)
 	return &exec.Cmd{
 		Path:        handoff.ImagePath,
-		Args:        args,
+		Args:        append([]string{"sockshim"}, args...),
 		Env:         env,
 		Dir:         cfg.Dir,
 		Stdin:       s.devNull,

@@ -3,8 +3,8 @@
 // the socket-activation environment and execs the worker command, keeping
 // its pid. It links only package trampoline (neither fmt nor os/exec), so
 // it starts about as fast as a Go program that only execs; sockshim runs it
-// as `sockshim-handoff __trampoline -- COMMAND ARGS…` and nothing else
-// should.
+// as `sockshim-handoff __trampoline [KEY=VALUE…] -- COMMAND ARGS…` and
+// nothing else should.
 package main
 
 import (
