@@ -1,0 +1,133 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sockshim/sockshim/testenv"
+)
+
+// This file accounts for the CPU time one reload costs, by who spends it,
+// without load: the floor rows of the report say how much a reload slows
+// the clients, this says what the machine does for it. Every process is
+// counted once, when its parent has reaped it (the cutime and cstime of
+// /proc/PID/stat): the workers a reload replaces by whoever started them,
+// the ExecReload= processes by the service manager, systemctl by the
+// harness.
+
+// reloadCPU is the CPU time of one round, by who spent it.
+type reloadCPU struct {
+	workers    time.Duration // the 4 replaced workers, start to exit; with sockshim, through the trampoline
+	supervisor time.Duration // sockshim itself
+	control    time.Duration // the ExecReload= process, with systemd's fork for it
+	systemctl  time.Duration // systemctl, as the harness runs it
+	manager    time.Duration // the service manager itself
+}
+
+func (c reloadCPU) total() time.Duration {
+	return c.workers + c.supervisor + c.control + c.systemctl + c.manager
+}
+
+// procTimes returns the CPU time a process spent itself and that of the
+// children it reaped, from /proc/PID/stat.
+func procTimes(tb testing.TB, pid int) (own, reaped time.Duration) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// Fields from the state on, after the command name, which may hold
+	// spaces: utime, stime, cutime and cstime are the 12th to 15th.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	var ticks [4]int
+	for i := range ticks {
+		if ticks[i], err = strconv.Atoi(f[11+i]); err != nil {
+			tb.Fatalf("/proc/%d/stat: %v", pid, err)
+		}
+	}
+	const hz = 100 // USER_HZ
+	return time.Duration(ticks[0]+ticks[1]) * time.Second / hz, time.Duration(ticks[2]+ticks[3]) * time.Second / hz
+}
+
+// cpuRounds runs round n times without load, one every cycle, and returns
+// the CPU time per round. sup is sockshim's pid, 0 without sockshim; the
+// harness's reaped children are systemctl and, when round replaces workers
+// itself, those.
+func cpuRounds(tb testing.TB, m *testenv.Manager, sup, n int, cycle time.Duration, round func()) (c reloadCPU) {
+	type sample struct{ mOwn, mReaped, hReaped, sOwn, sReaped time.Duration }
+	take := func() (s sample) {
+		s.mOwn, s.mReaped = procTimes(tb, m.PID)
+		_, s.hReaped = procTimes(tb, os.Getpid())
+		if sup != 0 {
+			s.sOwn, s.sReaped = procTimes(tb, sup)
+		}
+		return s
+	}
+	before := take()
+	for range n {
+		began := time.Now()
+		round()
+		time.Sleep(cycle - time.Since(began))
+	}
+	time.Sleep(cycle) // the last replaced workers are reaped by now
+	after := take()
+	per := func(a, b time.Duration) time.Duration { return (b - a) / time.Duration(n) }
+	return reloadCPU{
+		workers:    per(before.sReaped, after.sReaped),
+		supervisor: per(before.sOwn, after.sOwn),
+		control:    per(before.mReaped, after.mReaped),
+		systemctl:  per(before.hReaped, after.hReaped),
+		manager:    per(before.mOwn, after.mOwn),
+	}
+}
+
+// reloadCPUReport measures n rounds of each: `systemctl reload` of a unit
+// whose ExecReload= is /bin/true; that, and the harness replaces 4 workers
+// one at a time; sockshim's rolling reload of 4 workers. Nobody sends
+// requests; the workers only start, become ready and exit.
+func reloadCPUReport(tb testing.TB, m *testenv.Manager, bb bins, n int, cycle time.Duration) string {
+	noopRound := noopReload(tb, m, bb, "bench-cpu-noop", false)
+	noop := cpuRounds(tb, m, 0, n, cycle, func() { noopRound(nil, nil, nil) })
+
+	home := serviceCPUCgroups(tb, m, "bench-cpu-home")
+	ln := floorListener(tb)
+	serving := replaceGeneration(tb, bb, home, ln, nil, 4)
+	replaceRound := noopReload(tb, m, bb, "bench-cpu-replace", true)
+	replace := cpuRounds(tb, m, 0, n, cycle, func() { serving = replaceRound(home, ln, serving) })
+	stopAll(serving)
+	// The harness reaped its workers and systemctl alike; systemctl costs
+	// what it did in the first series.
+	replace.workers, replace.systemctl = replace.systemctl-noop.systemctl, noop.systemctl
+
+	sockshimRound := idleSockshimReload(tb, m, bb, "bench-cpu-sockshim")
+	sup := m.MainPID(tb, "bench-cpu-sockshim.service")
+	withSockshim := cpuRounds(tb, m, sup, n, cycle, func() { sockshimRound(nil, nil, nil) })
+
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "## Where a reload's CPU time goes\n\nWithout load, %d rounds of each, one every %s; CPU time per round, from each process's parent once it reaped it (`/proc/PID/stat`, 10 ms ticks summed over all rounds).\n\n", n, cycle.Round(time.Millisecond))
+	sb.WriteString("| spent by | `systemctl reload`, `ExecReload=/bin/true` | the same, and the harness replaces 4 workers | sockshim's rolling reload of 4 workers |\n|---|---|---|---|\n")
+	cell := func(d time.Duration) string {
+		if d == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
+	}
+	for _, r := range []struct {
+		name string
+		get  func(reloadCPU) time.Duration
+	}{
+		{"the 4 replaced workers, start to exit (with sockshim: through the trampoline)", func(c reloadCPU) time.Duration { return c.workers }},
+		{"sockshim", func(c reloadCPU) time.Duration { return c.supervisor }},
+		{"the `ExecReload=` process (/bin/true or `sockshim reload`), with systemd's fork for it", func(c reloadCPU) time.Duration { return c.control }},
+		{"systemctl", func(c reloadCPU) time.Duration { return c.systemctl }},
+		{"the service manager", func(c reloadCPU) time.Duration { return c.manager }},
+		{"**all**", reloadCPU.total},
+	} {
+		fmt.Fprintf(&sb, "| %s | %s | %s | %s |\n", r.name, cell(r.get(noop)), cell(r.get(replace)), cell(r.get(withSockshim)))
+	}
+	sb.WriteString("\n")
+	return sb.String()
+}
