@@ -239,12 +239,18 @@ const stallCause = `**What causes the gaps.** Neither sockshim nor the measureme
 	"their service's CPU cgroup, weighted against the load client's (here the user manager's app.slice in the " +
 	"cgroup v1 cpu hierarchy, against the harness's init.scope), as a service's processes do under systemd, and " +
 	"the floor's workers are moved into it: whatever a reload runs inside the service (trampolines, new workers, " +
-	"`sockshim reload`, sockshim itself) takes its CPU from the share the serving workers need. So what sockshim can do is " +
-	"cost less per reload and spread what it starts: a trampoline that starts like a Go program that only execs " +
-	"(exec costs below); less CPU of its own (one P instead of one per core, the release check reading the " +
+	"`sockshim reload`, sockshim itself) takes its CPU from the share the serving workers need, and sockshim's " +
+	"reload spends more of it there than the harness's bare replacement does (\"Where a reload's CPU time goes\" below " +
+	"counts each part). So what sockshim can do is " +
+	"cost less per reload and spread what it starts: a trampoline that starts like a Go program that only execs, " +
+	"with one P (exec costs below); less CPU of its own (one P instead of one per core, exits awaited on the " +
+	"runtime's poller instead of a thread per worker, the release check reading the " +
 	"draining workers' cgroups instead of all of /proc, one kept socket to the service manager, fewer system " +
 	"calls per worker start); and, for a parallel reload, `surge` to start the new generation a few workers at " +
-	"a time instead of all at once (its own row above). Measured and not kept: starting new workers at a lower " +
+	"a time instead of all at once (its own row above). Measured and not kept: a timer slack of 1 ms for the Go " +
+	"runtime's monitor thread, which wakes every 20 µs while sockshim works (about a third of sockshim's context " +
+	"switches): it cut sockshim's CPU time per reload by about a tenth but moved the p99 by less than the noise " +
+	"(A/B, 5 rounds of 40 reloads), and setting it takes CAP_SYS_NICE; starting new workers at a lower " +
 	"priority (nice 10 or 19 until ready), which in A/B runs of 30 reloads each moved the p99 during reloads by " +
 	"less than the noise and made each reload slower; and the scheduler's slice hint (`sched_setattr`'s " +
 	"sched_runtime, Linux 6.12 and later), a 100 ms slice for each new worker until READY=1 so that serving " +
