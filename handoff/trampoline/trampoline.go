@@ -111,11 +111,11 @@ func withoutOwn(env, own []string) ([]string, error) {
 
 // Exec receives the sockets on HandoffFD, puts them at descriptors 3, 4, …
 // in the order sent, sets LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID (its
-// own pid, which exec keeps, so it is the worker's) in env, and execs argv. Every
-// other descriptor above 2 is close-on-exec by then, so the worker starts
-// with exactly stdin, stdout, stderr and its sockets. With no sockets, no
-// LISTEN_* variable is set at all, as sd_listen_fds(3) expects. It returns
-// only on failure.
+// own pid, which exec keeps, so it is the worker's) in env, and execs argv
+// with it. Every other descriptor above 2 is close-on-exec by then, so the
+// worker starts with exactly stdin, stdout, stderr and its sockets. With no
+// sockets, no LISTEN_* variable is set at all, as sd_listen_fds(3) expects.
+// It returns only on failure.
 func Exec(argv, env []string) error {
 	parent := syscall.Getppid()
 	if len(argv) == 0 || argv[0] == "" {
