@@ -3,11 +3,11 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sockshim/sockshim/internal/procfs"
 	"github.com/sockshim/sockshim/testenv"
 )
 
@@ -33,23 +33,14 @@ func (c reloadCPU) total() time.Duration {
 }
 
 // procTimes returns the CPU time a process spent itself and that of the
-// children it reaped, from /proc/PID/stat.
+// children it reaped.
 func procTimes(tb testing.TB, pid int) (own, reaped time.Duration) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := procfs.ReadStat(pid)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	// Fields from the state on, after the command name, which may hold
-	// spaces: utime, stime, cutime and cstime are the 12th to 15th.
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
-	var ticks [4]int
-	for i := range ticks {
-		if ticks[i], err = strconv.Atoi(f[11+i]); err != nil {
-			tb.Fatalf("/proc/%d/stat: %v", pid, err)
-		}
-	}
-	const hz = 100 // USER_HZ
-	return time.Duration(ticks[0]+ticks[1]) * time.Second / hz, time.Duration(ticks[2]+ticks[3]) * time.Second / hz
+	tick := time.Second / procfs.TicksPerSecond
+	return time.Duration(st.CPU) * tick, time.Duration(st.Reaped) * tick
 }
 
 // cpuRounds runs round n times without load, one every cycle, and returns

@@ -17,7 +17,14 @@ type Stat struct {
 	// StartTime is when the process started, in clock ticks (USER_HZ)
 	// since boot; with the pid it names one process even across pid reuse.
 	StartTime uint64
+	// CPU is the CPU time the process has used itself (user and system),
+	// Reaped that of the children it has waited for, in clock ticks.
+	CPU, Reaped uint64
 }
+
+// TicksPerSecond is USER_HZ, the unit of Stat's times: 100 on every Linux
+// architecture sockshim builds for.
+const TicksPerSecond = 100
 
 // ReadStat parses /proc/PID/stat. The command name is in parentheses and
 // may itself contain spaces and parentheses, so fields are taken after the
@@ -45,11 +52,18 @@ func ReadStat(pid int) (Stat, error) {
 	if err != nil {
 		return Stat{}, fmt.Errorf("/proc/%d/stat: pgrp: %w", pid, err)
 	}
+	// utime, stime, cutime and cstime are the 12th to 15th.
+	var times [4]uint64
+	for i := range times {
+		if times[i], err = strconv.ParseUint(f[11+i], 10, 64); err != nil {
+			return Stat{}, fmt.Errorf("/proc/%d/stat: CPU times: %w", pid, err)
+		}
+	}
 	start, err := strconv.ParseUint(f[19], 10, 64)
 	if err != nil {
 		return Stat{}, fmt.Errorf("/proc/%d/stat: starttime: %w", pid, err)
 	}
-	return Stat{State: f[0][0], PPID: ppid, PGID: pgid, StartTime: start}, nil
+	return Stat{State: f[0][0], PPID: ppid, PGID: pgid, StartTime: start, CPU: times[0] + times[1], Reaped: times[2] + times[3]}, nil
 }
 
 // Children lists the children of every thread of process pid

@@ -58,3 +58,31 @@ func TestReadStatAndFDs(t *testing.T) {
 		t.Errorf("ReadStat(-1): want an error")
 	}
 }
+
+// TestReadStatTimes: the CPU times are this process's own and its reaped
+// children's, as getrusage(2) counts them.
+func TestReadStatTimes(t *testing.T) {
+	burn := exec.Command("/bin/sh", "-c", "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done")
+	if err := burn.Run(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := ReadStat(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ticks := func(who int) uint64 {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(who, &ru); err != nil {
+			t.Fatal(err)
+		}
+		return uint64((ru.Utime.Nano() + ru.Stime.Nano()) * TicksPerSecond / 1e9)
+	}
+	children := ticks(syscall.RUSAGE_CHILDREN)
+	if st.Reaped == 0 || st.Reaped+1 < children || st.Reaped > children+1 {
+		t.Errorf("reaped children's CPU: %d ticks, getrusage says %d", st.Reaped, children)
+	}
+	// Our own keeps running between the two reads: only not beyond.
+	if self := ticks(syscall.RUSAGE_SELF); st.CPU > self+1 {
+		t.Errorf("own CPU: %d ticks, more than getrusage's %d just after", st.CPU, self)
+	}
+}
