@@ -47,7 +47,7 @@ func procTimes(tb testing.TB, pid int) (own, reaped time.Duration) {
 // the CPU time per round. sup is sockshim's pid, 0 without sockshim; the
 // harness's reaped children are systemctl and, when round replaces workers
 // itself, those.
-func cpuRounds(tb testing.TB, m *testenv.Manager, sup, n int, cycle time.Duration, round func()) (c reloadCPU) {
+func cpuRounds(tb testing.TB, m *testenv.Manager, sup, n int, cycle time.Duration, round func()) reloadCPU {
 	type sample struct{ mOwn, mReaped, hReaped, sOwn, sReaped time.Duration }
 	take := func() (s sample) {
 		s.mOwn, s.mReaped = procTimes(tb, m.PID)

@@ -70,12 +70,13 @@ const (
 )
 
 // Build compiles the main package at importPath once per test process into
-// Scratch and returns the binary's path. When the tests run with -race, so is the
-// binary, which puts sockshim's own concurrency under the race detector in
-// every end-to-end test. Otherwise it is built without cgo, statically, as
-// scripts/package.sh builds what ships: a cgo build links libc dynamically
-// and costs `sockshim reload` 1.7 ms more CPU time per run (5.0 against 3.3
-// ms, perf stat, 2026-11-26), which benchmarks would charge to every reload.
+// Scratch and returns the binary's path. When the tests run with -race, so
+// is the binary, which puts sockshim's own concurrency under the race
+// detector in every end-to-end test. Otherwise it is built without cgo,
+// statically, as scripts/package.sh builds what ships: a cgo build links
+// libc dynamically and costs `sockshim reload` 1.7 ms more CPU time per run
+// (5.0 against 3.3 ms, perf stat, 2026-11-26), which benchmarks would
+// charge to every reload.
 func Build(t testing.TB, importPath string) string {
 	t.Helper()
 	buildMu.Lock()
