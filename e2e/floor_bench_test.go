@@ -45,19 +45,44 @@ type floorRound func(home []string, ln *net.TCPListener, serving []*os.Process) 
 // as they go when slower). It returns the load's result and the steady p99
 // just before.
 func floorSeries(tb testing.TB, m *testenv.Manager, bb bins, unit string, n int, cycle time.Duration, round floorRound) (*load.Result, time.Duration) {
-	home := serviceCPUCgroups(tb, m, unit)
-	ln := floorListener(tb)
-	serving := replaceGeneration(tb, bb, home, ln, nil, 4)
-	defer func() { stopAll(serving) }()
-	o := load.Options{URL: "http://" + ln.Addr().String() + "/", Concurrency: 16}
+	fw := startFloorWorkers(tb, m, bb, unit)
+	defer fw.stop()
+	o := load.Options{URL: "http://" + fw.ln.Addr().String() + "/", Concurrency: 16}
 	steady := steadyP99(tb, o)
-	return underLoad(tb, o, func() {
-		for range n {
-			began := time.Now()
-			serving = round(home, ln, serving)
-			time.Sleep(cycle - time.Since(began))
-		}
-	}), steady
+	return underLoad(tb, o, func() { paced(n, cycle, func() { fw.run(round) }) }), steady
+}
+
+// floorWorkers are the 4 testworkers a floor series reloads beside, which
+// the harness started on a listener of its own, in the CPU cgroups (home)
+// of a service.
+type floorWorkers struct {
+	home    []string
+	ln      *net.TCPListener
+	serving []*os.Process
+}
+
+// startFloorWorkers starts unit, a service that only sleeps, and 4 ready
+// testworkers in its CPU cgroups.
+func startFloorWorkers(tb testing.TB, m *testenv.Manager, bb bins, unit string) *floorWorkers {
+	fw := &floorWorkers{home: serviceCPUCgroups(tb, m, unit), ln: floorListener(tb)}
+	fw.serving = replaceGeneration(tb, bb, fw.home, fw.ln, nil, 4)
+	return fw
+}
+
+// run runs one round, which may replace the serving workers.
+func (fw *floorWorkers) run(round floorRound) { fw.serving = round(fw.home, fw.ln, fw.serving) }
+
+// stop sends the serving workers SIGTERM.
+func (fw *floorWorkers) stop() { stopAll(fw.serving) }
+
+// paced calls round n times, one every cycle, or back to back when a round
+// takes longer.
+func paced(n int, cycle time.Duration, round func()) {
+	for range n {
+		began := time.Now()
+		round()
+		time.Sleep(cycle - time.Since(began))
+	}
 }
 
 // noopReload installs unit, whose reload does nothing, and returns a round
@@ -176,10 +201,11 @@ func replaceGeneration(tb testing.TB, bb bins, home []string, ln *net.TCPListene
 }
 
 // startReady starts a testworker serving ln as its descriptor 3, moves it
-// into the cgroups home and returns once it has sent READY=1 to a notify socket of its own. It forks with
-// syscall.ForkExec and the listener's raw descriptor: exec.Cmd would call
-// Fd on it, which puts the socket, shared with every worker, in blocking
-// mode, and a worker blocked in accept(2) then never drains.
+// into the cgroups home and returns once it has sent READY=1 to a notify
+// socket of its own. It forks with syscall.ForkExec and the listener's raw
+// descriptor: exec.Cmd would call Fd on it, which puts the socket, shared
+// with every worker, in blocking mode, and a worker blocked in accept(2)
+// then never drains.
 func startReady(tb testing.TB, bb bins, home []string, ln *net.TCPListener) *os.Process {
 	up := newUpstream(tb)
 	defer up.conn.Close()

@@ -58,11 +58,7 @@ func cpuRounds(tb testing.TB, m *testenv.Manager, sup, n int, cycle time.Duratio
 		return s
 	}
 	before := take()
-	for range n {
-		began := time.Now()
-		round()
-		time.Sleep(cycle - time.Since(began))
-	}
+	paced(n, cycle, round)
 	time.Sleep(cycle) // the last replaced workers are reaped by now
 	after := take()
 	per := func(a, b time.Duration) time.Duration { return (b - a) / time.Duration(n) }
@@ -83,12 +79,10 @@ func reloadCPUReport(tb testing.TB, m *testenv.Manager, bb bins, n int, cycle ti
 	noopRound := noopReload(tb, m, bb, "bench-cpu-noop", false)
 	noop := cpuRounds(tb, m, 0, n, cycle, func() { noopRound(nil, nil, nil) })
 
-	home := serviceCPUCgroups(tb, m, "bench-cpu-home")
-	ln := floorListener(tb)
-	serving := replaceGeneration(tb, bb, home, ln, nil, 4)
+	fw := startFloorWorkers(tb, m, bb, "bench-cpu-home")
 	replaceRound := noopReload(tb, m, bb, "bench-cpu-replace", true)
-	replace := cpuRounds(tb, m, 0, n, cycle, func() { serving = replaceRound(home, ln, serving) })
-	stopAll(serving)
+	replace := cpuRounds(tb, m, 0, n, cycle, func() { fw.run(replaceRound) })
+	fw.stop()
 	// The harness reaped its workers and systemctl alike; systemctl costs
 	// what it did in the first series.
 	replace.workers, replace.systemctl = replace.systemctl-noop.systemctl, noop.systemctl

@@ -15,6 +15,7 @@ import (
 
 	"github.com/sockshim/sockshim/handoff/trampoline"
 	"github.com/sockshim/sockshim/handoff/wire"
+	"github.com/sockshim/sockshim/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -409,12 +410,8 @@ func TestTrampolineOwnEnv(t *testing.T) {
 		// the parent.
 		var seen []string
 		for deadline := time.Now().Add(5 * time.Second); len(seen) == 0 && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-			raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", cmd.Process.Pid))
-			if err != nil {
+			if seen, err = procfs.Environ(cmd.Process.Pid); err != nil {
 				t.Fatal(err)
-			}
-			if len(raw) > 0 {
-				seen = strings.Split(strings.TrimSuffix(string(raw), "\x00"), "\x00")
 			}
 		}
 		wantOwn := trampoline.OwnEnv
