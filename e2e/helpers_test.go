@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sockshim/sockshim/shim/config"
 	"github.com/sockshim/sockshim/shim/control"
 	"github.com/sockshim/sockshim/testenv"
 	"github.com/sockshim/sockshim/testenv/load"
@@ -98,8 +99,25 @@ func startStandalone(t testing.TB, b bins, workers string, env ...string) *app {
 func startServing(t *testing.T, b bins, workers string, env ...string) *app {
 	t.Helper()
 	a := startStandalone(t, b, workers, env...)
-	a.up.await(t, "READY=1", 15*time.Second)
+	a.up.await(t, "READY=1", a.upWithin(t))
 	return a
+}
+
+// upWithin is how long sockshim may take to bring up the first generation
+// of the app's config: its longest ready_timeout, plus a margin for starting
+// sockshim and the workers. A test that waits less fails where sockshim does
+// not: on a busy CI machine gunicorn once took 5 s to its READY=1.
+func (a *app) upWithin(t testing.TB) time.Duration {
+	t.Helper()
+	cfg, err := config.Load(a.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var longest time.Duration
+	for _, w := range cfg.Workers {
+		longest = max(longest, w.ReadyTimeout)
+	}
+	return longest + 10*time.Second
 }
 
 // reload runs `sockshim reload -c` and returns what it printed.
@@ -143,7 +161,13 @@ type answer struct {
 
 func get(t testing.TB, url string) answer {
 	t.Helper()
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	return getWithin(t, url, 5*time.Second)
+}
+
+// getWithin is get with a timeout for the whole request.
+func getWithin(t testing.TB, url string, timeout time.Duration) answer {
+	t.Helper()
+	c := &http.Client{Timeout: timeout, Transport: &http.Transport{DisableKeepAlives: true}}
 	resp, err := c.Get(url)
 	if err != nil {
 		t.Fatalf("GET %s: %v", url, err)

@@ -59,8 +59,9 @@ TimeoutStopSec=30
 // and returns its answer once the service is active.
 func (a *app) activate(t testing.TB) answer {
 	t.Helper()
-	first := get(t, a.url)
-	a.m.WaitActive(t, a.name+".service", 10*time.Second)
+	within := a.upWithin(t)
+	first := getWithin(t, a.url, within)
+	a.m.WaitActive(t, a.name+".service", within)
 	return first
 }
 
@@ -144,6 +145,31 @@ drain_timeout = "5s"
 	if c, err := net.DialTimeout("tcp", strings.TrimSuffix(strings.TrimPrefix(a.url, "http://"), "/"), time.Second); err == nil {
 		c.Close()
 		t.Errorf("port still accepting after stop")
+	}
+}
+
+// TestSlowFirstStart: workers that take longer to come up than a client's
+// usual patience, still within their ready_timeout. The connection that
+// activates the service waits in the socket's queue and is answered by
+// generation 1; nothing is refused meanwhile.
+func TestSlowFirstStart(t *testing.T) {
+	const startDelay = 6 * time.Second
+	b := build(t)
+	m := testenv.StartUserManager(t)
+	a := installApp(t, m, b, "slow", fmt.Sprintf(`
+[[worker]]
+name = "tw"
+command = %s
+count = 2
+ready_timeout = "20s"
+`, tomlList(b.testworker, "-version", "v1", "-start-delay", startDelay.String())))
+	began := time.Now()
+	first := a.activate(t)
+	if took := time.Since(began); first.generation != "1" || first.version != "v1" || took < startDelay {
+		t.Fatalf("first answer %+v after %s; want generation 1, v1, after the %s start", first, took.Round(time.Millisecond), startDelay)
+	}
+	if st := status(t, a.ctl); len(workerPIDs(st, "ready")) != 2 {
+		t.Errorf("after the first answer: %+v, want 2 ready workers", st.Groups)
 	}
 }
 
