@@ -66,6 +66,7 @@ type Supervisor struct {
 
 	m          *core.Machine
 	queue      []core.Event // outcomes known at once, stepped before the next input
+	notes      [][]string   // the step's Notify lines, sent together so they can be packed
 	procs      map[core.WorkerID]*proc
 	timers     map[core.TimerID]*time.Timer
 	probes     map[core.WorkerID]context.CancelFunc
@@ -280,6 +281,8 @@ func (s *Supervisor) step(ev core.Event) {
 			s.apply(e)
 		}
 	}
+	s.up.SendAll(s.notes)
+	s.notes = s.notes[:0]
 }
 
 func (s *Supervisor) apply(e core.Effect) {
@@ -326,7 +329,7 @@ func (s *Supervisor) apply(e core.Effect) {
 		if e.Monotonic {
 			lines = append(lines, strings.TrimSuffix(daemon.SdNotifyMonotonicUsec(), "\n"))
 		}
-		s.up.Send(lines...)
+		s.notes = append(s.notes, lines)
 	case core.Progress:
 		for _, id := range e.Waiters {
 			if w := s.waiters[id]; w != nil {

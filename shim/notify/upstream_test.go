@@ -117,6 +117,103 @@ func TestMerge(t *testing.T) {
 	}
 }
 
+// TestPack: how a message joins the unsent ones. Messages are written as
+// their lines joined by spaces, the queue as messages joined by " | ".
+func TestPack(t *testing.T) {
+	for _, c := range []struct{ queue, msg, want string }{
+		{"", "READY=1 STATUS=a", "READY=1 STATUS=a"},
+		{"STATUS=a EXTEND_TIMEOUT_USEC=1", "STATUS=b", "EXTEND_TIMEOUT_USEC=1 STATUS=b"},
+		{"WATCHDOG=1", "EXTEND_TIMEOUT_USEC=2", "WATCHDOG=1 EXTEND_TIMEOUT_USEC=2"},
+		// a newer status line joins the state change still waiting
+		{"RELOADING=1 STATUS=a MONOTONIC_USEC=5", "STATUS=b", "RELOADING=1 MONOTONIC_USEC=5 STATUS=b"},
+		// but a time extension does not: systemd would apply it to the next state
+		{"READY=1 STATUS=a", "EXTEND_TIMEOUT_USEC=1", "READY=1 STATUS=a | EXTEND_TIMEOUT_USEC=1"},
+		{"READY=1 STATUS=a", "STATUS=b EXTEND_TIMEOUT_USEC=1", "READY=1 STATUS=a | STATUS=b EXTEND_TIMEOUT_USEC=1"},
+		// a state change's own status line supersedes a waiting one
+		{"STATUS=a", "READY=1 STATUS=b", "READY=1 STATUS=b"},
+		{"STATUS=a EXTEND_TIMEOUT_USEC=1", "READY=1 STATUS=b", "EXTEND_TIMEOUT_USEC=1 | READY=1 STATUS=b"},
+		{"STATUS=a", "STOPPING=1", "STATUS=a | STOPPING=1"},
+		// two state changes stay two datagrams
+		{"RELOADING=1 STATUS=a", "READY=1 STATUS=b", "RELOADING=1 STATUS=a | READY=1 STATUS=b"},
+		{"READY=1 STATUS=a | STATUS=b", "STATUS=c", "READY=1 STATUS=a | STATUS=c"},
+	} {
+		var queue [][]string
+		if c.queue != "" {
+			for _, m := range strings.Split(c.queue, " | ") {
+				queue = append(queue, strings.Fields(m))
+			}
+		}
+		var got []string
+		for _, m := range pack(queue, strings.Fields(c.msg)) {
+			got = append(got, strings.Join(m, " "))
+		}
+		if g := strings.Join(got, " | "); g != c.want {
+			t.Errorf("pack(%q, %q) = %q, want %q", c.queue, c.msg, g, c.want)
+		}
+	}
+}
+
+// TestUpstreamHoldsProgress: with a gap too long to pass during the test,
+// progress after a datagram waits, newest value per key; a state change
+// behind it or a watchdog keep-alive sends it at once, and Flush sends what
+// still waits.
+func TestUpstreamHoldsProgress(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", path)
+	u := NewUpstream(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	u.gap = time.Hour
+	read := func() string {
+		buf := make([]byte, 512)
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("reading the notify socket: %v", err)
+		}
+		return string(buf[:n])
+	}
+	quiet := func() {
+		conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if n, err := conn.Read(make([]byte, 512)); err == nil {
+			t.Fatalf("datagram %d bytes long while progress should wait", n)
+		}
+	}
+
+	u.Send("STATUS=first")
+	if got := read(); got != "STATUS=first" {
+		t.Fatalf("got %q, want the first progress at once", got)
+	}
+	for i := range 100 {
+		u.Send(fmt.Sprintf("STATUS=step %d", i), "EXTEND_TIMEOUT_USEC=1000000")
+	}
+	quiet()
+	u.Send("READY=1", "STATUS=ready")
+	if got := read(); got != "EXTEND_TIMEOUT_USEC=1000000" {
+		t.Fatalf("got %q, want the waiting extension without its superseded status", got)
+	}
+	if got := read(); got != "READY=1\nSTATUS=ready" {
+		t.Fatalf("got %q, want READY=1 right behind it", got)
+	}
+	u.Send("STATUS=draining")
+	quiet()
+	u.Send("WATCHDOG=1")
+	if got := read(); got != "STATUS=draining\nWATCHDOG=1" {
+		t.Fatalf("got %q, want the keep-alive at once, with the waiting status", got)
+	}
+	u.SendAll([][]string{{"STATUS=draining 1"}, {"STATUS=drained"}})
+	quiet()
+	if !u.Flush(5 * time.Second) {
+		t.Fatal("Flush did not send the waiting progress")
+	}
+	if got := read(); got != "STATUS=drained" {
+		t.Fatalf("got %q after Flush, want the newest status", got)
+	}
+}
+
 // TestUpstreamReconnects: the socket to the manager is kept between
 // messages, and when the manager re-creates its notify socket (as
 // daemon-reexec does), the next message still arrives, on a new socket.
