@@ -2,6 +2,7 @@ package shim
 
 import (
 	"fmt"
+	"os"
 	"slices"
 	"time"
 
@@ -94,18 +95,15 @@ func cgroupMembers(dirs []string) []int {
 }
 
 // groupMembers lists the live processes of the process groups pgids, for
-// workers without a cgroup of their own. It reads /proc/*/stat of the whole
-// host, which is why the cgroup way is preferred.
+// workers without a cgroup of their own. sockshim is then their subreaper,
+// so every process of those groups is in its own process tree: walking that
+// tree costs what sockshim runs, where reading /proc/*/stat would cost what
+// the whole host runs, at every poll.
 func groupMembers(pgids []int) []int {
-	pids, err := procfs.PIDs()
-	if err != nil {
-		return nil
-	}
 	var out []int
-	for _, pid := range pids {
-		st, err := procfs.ReadStat(pid)
-		if err == nil && st.State != 'Z' && slices.Contains(pgids, st.PGID) {
-			out = append(out, pid)
+	for _, st := range procfs.Descendants(os.Getpid()) {
+		if slices.Contains(pgids, st.PGID) {
+			out = append(out, st.PID)
 		}
 	}
 	return out

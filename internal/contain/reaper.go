@@ -328,18 +328,8 @@ func (r *Reaper) prune() {
 // descendants lists the processes below pid, parents before children.
 func descendants(pid int) []proc {
 	var out []proc
-	queue := []int{pid}
-	for len(queue) > 0 {
-		kids, _ := procfs.Children(queue[0])
-		queue = queue[1:]
-		for _, c := range kids {
-			st, err := procfs.ReadStat(c)
-			if err != nil || st.State == 'Z' {
-				continue
-			}
-			out = append(out, proc{pid: c, start: st.StartTime})
-			queue = append(queue, c)
-		}
+	for _, st := range procfs.Descendants(pid) {
+		out = append(out, proc{pid: st.PID, start: st.StartTime})
 	}
 	return out
 }

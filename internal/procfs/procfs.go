@@ -11,6 +11,7 @@ import (
 
 // Stat is the part of /proc/PID/stat that is read here.
 type Stat struct {
+	PID   int
 	State byte // 'R', 'S', 'Z', …
 	PPID  int
 	PGID  int
@@ -63,7 +64,7 @@ func ReadStat(pid int) (Stat, error) {
 	if err != nil {
 		return Stat{}, fmt.Errorf("/proc/%d/stat: starttime: %w", pid, err)
 	}
-	return Stat{State: f[0][0], PPID: ppid, PGID: pgid, StartTime: start, CPU: times[0] + times[1], Reaped: times[2] + times[3]}, nil
+	return Stat{PID: pid, State: f[0][0], PPID: ppid, PGID: pgid, StartTime: start, CPU: times[0] + times[1], Reaped: times[2] + times[3]}, nil
 }
 
 // Children lists the children of every thread of process pid
@@ -88,6 +89,27 @@ func Children(pid int) ([]int, error) {
 		}
 	}
 	return out, nil
+}
+
+// Descendants lists the live descendants of process pid, parents before
+// their children, each with its stat; zombies and processes that exit while
+// it reads are left out.
+func Descendants(pid int) []Stat {
+	var out []Stat
+	queue := []int{pid}
+	for len(queue) > 0 {
+		kids, _ := Children(queue[0])
+		queue = queue[1:]
+		for _, c := range kids {
+			st, err := ReadStat(c)
+			if err != nil || st.State == 'Z' {
+				continue
+			}
+			out = append(out, st)
+			queue = append(queue, c)
+		}
+	}
+	return out
 }
 
 // Environ returns the environment a process started with

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // A child with a name that looks like stat fields, in its own process group,
@@ -40,8 +41,8 @@ func TestReadStatAndFDs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.PPID != os.Getpid() || st.PGID != pid || st.State == 'Z' {
-		t.Errorf("stat of %d: %+v, want ppid %d, pgid %d, alive", pid, st, os.Getpid(), pid)
+	if st.PID != pid || st.PPID != os.Getpid() || st.PGID != pid || st.State == 'Z' {
+		t.Errorf("stat of %d: %+v, want pid %[1]d, ppid %d, pgid %[1]d, alive", pid, st, os.Getpid())
 	}
 	fds, err := FDs(pid)
 	if err != nil {
@@ -56,6 +57,34 @@ func TestReadStatAndFDs(t *testing.T) {
 	}
 	if _, err := ReadStat(-1); err == nil {
 		t.Errorf("ReadStat(-1): want an error")
+	}
+}
+
+// TestDescendants: a shell and the child it forked, below this process,
+// parents first; an exited child that nobody reaped yet is left out.
+func TestDescendants(t *testing.T) {
+	cmd := exec.Command("/bin/sh", "-c", "sleep 60 & exec sleep 61")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() }()
+	zombie := exec.Command("/bin/true")
+	if err := zombie.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer zombie.Wait()
+
+	var got []Stat
+	deadline := time.Now().Add(5 * time.Second)
+	for len(got) != 2 && time.Now().Before(deadline) {
+		// The shell forks its background child a moment after it starts,
+		// and /bin/true needs a moment to become a zombie.
+		time.Sleep(10 * time.Millisecond)
+		got = Descendants(os.Getpid())
+	}
+	if len(got) != 2 || got[0].PID != cmd.Process.Pid || got[1].PPID != cmd.Process.Pid || got[1].PGID != cmd.Process.Pid {
+		t.Fatalf("descendants: %+v, want the shell (pid %d) and then its child", got, cmd.Process.Pid)
 	}
 }
 
