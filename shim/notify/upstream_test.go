@@ -19,11 +19,7 @@ import (
 // order and the progress messages queued behind them arrive merged.
 func TestUpstreamNeverBlocks(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := listenNotify(t, path)
 	t.Setenv("NOTIFY_SOCKET", path)
 	u := NewUpstream(slog.New(slog.NewTextHandler(io.Discard, nil)))
 
@@ -159,23 +155,11 @@ func TestPack(t *testing.T) {
 // still waits.
 func TestUpstreamHoldsProgress(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := listenNotify(t, path)
 	t.Setenv("NOTIFY_SOCKET", path)
 	u := NewUpstream(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	u.gap = time.Hour
-	read := func() string {
-		buf := make([]byte, 512)
-		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-		n, err := conn.Read(buf)
-		if err != nil {
-			t.Fatalf("reading the notify socket: %v", err)
-		}
-		return string(buf[:n])
-	}
+	read := func() string { return readNotify(t, conn) }
 	quiet := func() {
 		conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 		if n, err := conn.Read(make([]byte, 512)); err == nil {
@@ -219,37 +203,44 @@ func TestUpstreamHoldsProgress(t *testing.T) {
 // daemon-reexec does), the next message still arrives, on a new socket.
 func TestUpstreamReconnects(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "notify.sock")
-	listen := func() *net.UnixConn {
-		conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return conn
-	}
-	read := func(conn *net.UnixConn) string {
-		buf := make([]byte, 512)
-		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-		n, err := conn.Read(buf)
-		if err != nil {
-			t.Fatalf("reading the notify socket: %v", err)
-		}
-		return string(buf[:n])
-	}
 	t.Setenv("NOTIFY_SOCKET", path)
 	u := NewUpstream(slog.New(slog.NewTextHandler(io.Discard, nil)))
-	first := listen()
+	first := listenNotify(t, path)
 	for _, msg := range []string{"STATUS=one", "READY=1"} {
 		u.Send(msg)
-		if got := read(first); got != msg {
+		if got := readNotify(t, first); got != msg {
 			t.Fatalf("got %q, want %q", got, msg)
 		}
 	}
 	first.Close()
 	os.Remove(path)
-	second := listen()
-	defer second.Close()
+	second := listenNotify(t, path)
 	u.Send("RELOADING=1")
-	if got := read(second); got != "RELOADING=1" {
+	if got := readNotify(t, second); got != "RELOADING=1" {
 		t.Fatalf("after the socket was re-created: got %q, want RELOADING=1", got)
 	}
+}
+
+// listenNotify is a service manager's notify socket at path, closed when
+// the test ends.
+func listenNotify(t *testing.T, path string) *net.UnixConn {
+	t.Helper()
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// readNotify returns the next datagram on conn, failing the test after 5 s.
+func readNotify(t *testing.T, conn *net.UnixConn) string {
+	t.Helper()
+	buf := make([]byte, 4096)
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := conn.Read(buf)
+	if err != nil {
+		t.Fatalf("reading the notify socket: %v", err)
+	}
+	return string(buf[:n])
 }
