@@ -44,7 +44,7 @@ func kill9Loop(t *testing.T, b bins, workers string, rounds, perLife int) (outli
 	for i := range rounds + 1 {
 		up := newUpstream(t)
 		sup := startSupervisor(t, b, a.cfgPath, "NOTIFY_SOCKET="+up.path)
-		up.await(t, "READY=1", 15*time.Second)
+		up.await(t, "READY=1", a.upWithin(t))
 		if alive := survivors(prev, 0); len(alive) > 0 {
 			survived += len(alive)
 			t.Errorf("life %d serves while %d processes of life %d live: %v", i, len(alive), i-1, alive)
@@ -128,7 +128,7 @@ ready_timeout = "5s"
 	cmd := exec.Command("unshare", "-p", "-f", "--mount-proc", b.sockshim, "run", "-c", a.cfgPath)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+up.path)
 	sup := superviseCmd(t, cmd)
-	up.await(t, "READY=1", 15*time.Second)
+	up.await(t, "READY=1", a.upWithin(t))
 	kids, err := procfs.Children(cmd.Process.Pid)
 	if err != nil || len(kids) != 1 {
 		t.Fatalf("unshare's children: %v, %v; want sockshim alone", kids, err)
