@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -90,10 +91,15 @@ func (u *Upstream) Enabled() bool { return u != nil && u.enabled }
 // they change no state, so they may be merged, delayed and packed together.
 var progressKeys = map[string]bool{"STATUS": true, "EXTEND_TIMEOUT_USEC": true, "WATCHDOG": true}
 
+// key is the variable a KEY=VALUE line sets.
+func key(line string) string {
+	k, _, _ := strings.Cut(line, "=")
+	return k
+}
+
 func progressOnly(lines []string) bool {
 	for _, l := range lines {
-		k, _, _ := strings.Cut(l, "=")
-		if !progressKeys[k] {
+		if !progressKeys[key(l)] {
 			return false
 		}
 	}
@@ -105,21 +111,16 @@ func progressOnly(lines []string) bool {
 // WatchdogSec= would miss.
 func mayWait(lines []string) bool { return progressOnly(lines) && !has(lines, "WATCHDOG") }
 
-// has reports whether lines set key.
-func has(lines []string, key string) bool {
-	for _, l := range lines {
-		if k, _, _ := strings.Cut(l, "="); k == key {
-			return true
-		}
-	}
-	return false
+// has reports whether lines set k.
+func has(lines []string, k string) bool {
+	return slices.ContainsFunc(lines, func(l string) bool { return key(l) == k })
 }
 
-// without returns lines without those that set key.
-func without(lines []string, key string) []string {
+// without returns lines without those that set k.
+func without(lines []string, k string) []string {
 	var out []string
 	for _, l := range lines {
-		if k, _, _ := strings.Cut(l, "="); k != key {
+		if key(l) != k {
 			out = append(out, l)
 		}
 	}
@@ -185,13 +186,8 @@ func (u *Upstream) SendAll(msgs [][]string) {
 // merge returns older with each key replaced by its value in newer.
 func merge(older, newer []string) []string {
 	out := make([]string, 0, len(older)+len(newer))
-	keys := map[string]bool{}
-	for _, l := range newer {
-		k, _, _ := strings.Cut(l, "=")
-		keys[k] = true
-	}
 	for _, l := range older {
-		if k, _, _ := strings.Cut(l, "="); !keys[k] {
+		if !has(newer, key(l)) {
 			out = append(out, l)
 		}
 	}
