@@ -51,10 +51,14 @@ func run(version string, log *slog.Logger) error {
 	if err := notify("READY=1"); err != nil {
 		log.Warn("READY=1 not sent", "err", err)
 	}
-	<-stop
+	var failed error
+	select {
+	case <-stop:
+	case failed = <-srv.Failed():
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
 	defer cancel()
-	return srv.Drain(ctx)
+	return errors.Join(failed, srv.Drain(ctx))
 }
 
 // inheritedListener wraps fd 3, checking that the sockets are really ours.

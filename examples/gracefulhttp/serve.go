@@ -59,6 +59,7 @@ type Server struct {
 	mu       sync.Mutex
 	conns    map[net.Conn]connState
 	closed   chan struct{} // signalled whenever a connection closes
+	failed   chan error    // the first accept loop that ended before Drain
 	lns      []net.Listener
 }
 
@@ -70,7 +71,7 @@ type connState struct {
 // New takes over srv.Handler (to answer with "Connection: close" once Drain
 // has begun) and srv.ConnState (chaining any hook already set).
 func New(srv *http.Server) *Server {
-	s := &Server{srv: srv, conns: make(map[net.Conn]connState), closed: make(chan struct{}, 1)}
+	s := &Server{srv: srv, conns: make(map[net.Conn]connState), closed: make(chan struct{}, 1), failed: make(chan error, 1)}
 	h := srv.Handler
 	if h == nil {
 		h = http.DefaultServeMux
@@ -115,10 +116,23 @@ func (s *Server) Serve(lns []net.Listener) {
 			defer s.wg.Done()
 			// Serve returns when Drain closes the listener; that error is
 			// the expected end, not a failure.
-			_ = s.srv.Serve(ln)
+			err := s.srv.Serve(ln)
+			if !s.draining.Load() {
+				select {
+				case s.failed <- fmt.Errorf("accepting on %s: %w", ln.Addr(), err):
+				default:
+				}
+			}
 		}()
 	}
 }
+
+// Failed receives the error of the first listener that stopped accepting
+// before Drain, such as accept(2) failing with EINVAL on a socket that
+// another process holding it shut down. The process then serves no more on
+// that socket while it looks alive: drain and exit non-zero, and the
+// supervisor starts a replacement.
+func (s *Server) Failed() <-chan error { return s.failed }
 
 // Open returns the number of connections not yet closed.
 func (s *Server) Open() int {

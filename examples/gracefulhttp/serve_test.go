@@ -3,12 +3,14 @@ package gracefulhttp_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -178,5 +180,40 @@ func TestDrainClosesSilentConnections(t *testing.T) {
 		if n, err := r.Read(make([]byte, 1)); err != io.EOF {
 			t.Errorf("%s connection after Drain: read %d bytes, %v; want EOF", name, n, err)
 		}
+	}
+}
+
+// TestFailedWhenAcceptEnds: a listener shut down by another holder of the
+// socket ends the accept loop (EINVAL), and Failed says so; a Drain, which
+// ends the accept loops too, is no failure.
+func TestFailedWhenAcceptEnds(t *testing.T) {
+	f, _ := socket(t)
+	g := start(t, f, "v1", time.Second)
+	raw, err := f.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.Control(func(fd uintptr) { err = syscall.Shutdown(int(fd), syscall.SHUT_RDWR) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-g.Failed():
+		if !errors.Is(err, syscall.EINVAL) {
+			t.Errorf("Failed: %v, want accept's EINVAL", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing on Failed 5 s after the socket was shut down")
+	}
+
+	f2, _ := socket(t)
+	g2 := start(t, f2, "v2", time.Second)
+	if err := g2.Drain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-g2.Failed():
+		t.Errorf("Failed after Drain: %v", err)
+	default:
 	}
 }

@@ -59,15 +59,20 @@ func Main(args []string) error {
 	}
 	log.Info("serving", "generation", gen, "worker", id, "sockets", len(lns))
 
-	sig := <-stop
-	log.Info("draining", "signal", sig, "open_connections", srv.Open())
+	var failed error
+	select {
+	case sig := <-stop:
+		log.Info("draining", "signal", sig, "open_connections", srv.Open())
+	case failed = <-srv.Failed():
+		log.Error("draining, to be replaced", "err", failed, "open_connections", srv.Open())
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), *drainTimeout)
 	defer cancel()
 	if err := srv.Drain(ctx); err != nil {
 		return err
 	}
 	log.Info("drained")
-	return nil
+	return failed
 }
 
 // nonNil drops the nil entries activation.Listeners returns for sockets that
