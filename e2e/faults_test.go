@@ -1087,3 +1087,56 @@ func TestFaultBadActivationEnv(t *testing.T) {
 		a.sup.awaitLog(t, nowhere)
 	})
 }
+
+// TestWorkerShutsDownListener: workers that shutdown(2) their listening
+// socket when told to drain, instead of closing their copy, act on the one
+// socket every generation shares: without repair, no process could accept
+// on it again. sockshim listens on it again and logs it; a new worker whose
+// accept failed in that moment (EINVAL) drains and exits to be replaced
+// (gracefulhttp's Failed); every request after the reload is answered by
+// the new generation, and two of its workers serve at the end.
+func TestWorkerShutsDownListener(t *testing.T) {
+	b := build(t)
+	a := startServing(t, b, workerConfig(b, "v1", "rolling", 1, 2, "-shutdown-listeners"))
+	old := workerPIDs(status(t, a.ctl), "ready")
+	a.rewrite(t, workerConfig(b, "v2", "rolling", 1, 2, "-shutdown-listeners"))
+	if out, err := a.reload(); err != nil {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	// Once the old workers are gone, nothing shuts the socket down again.
+	testenv.WaitGone(t, old, 15*time.Second)
+	addr := fmt.Sprintf("127.0.0.1:%d", a.port)
+	waitFor(t, 5*time.Second, "a connection to "+addr, func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	versions := map[string]int{}
+	for range 200 {
+		versions[get(t, a.url).version]++
+	}
+	if versions["v2"] != 200 {
+		t.Errorf("after the reload: versions %v, want 200 answers of v2", versions)
+	}
+	// Every worker that looks ready accepts: none is left alive with an
+	// accept loop that ended.
+	st := settled(t, a, 2)
+	unheard := map[string]bool{}
+	for _, w := range st.workers {
+		unheard[strconv.Itoa(w.PID)] = true
+	}
+	for i := 0; i < 1000 && len(unheard) > 0; i++ {
+		delete(unheard, get(t, a.url).pid)
+	}
+	if len(unheard) > 0 {
+		t.Errorf("ready workers %v answered none of 1,000 requests", slices.Collect(maps.Keys(unheard)))
+	}
+	log := a.sup.log.String()
+	repairs, replaced := strings.Count(log, "it listens again"), strings.Count(log, "draining, to be replaced")
+	t.Logf("sockshim listened again %d times; %d workers drained and exited to be replaced after their accept failed", repairs, replaced)
+	if repairs < 1 || repairs > len(old) {
+		t.Errorf("sockshim logged %d repairs, want 1 to %d (one per old worker, or fewer when they shut it down together)", repairs, len(old))
+	}
+}

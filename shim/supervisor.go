@@ -56,6 +56,7 @@ type Supervisor struct {
 	baseEnv        []string
 	sockets        []handoff.Socket
 	socketIDs      map[string]bool // the sockets as /proc/PID/fd names them
+	backlogs       map[string]int  // listen(2) backlogs of the sockets sockshim bound, by name
 	loadConfig     func() (*config.Config, error)
 	instance       string
 	cgroups        *cgroup.Tree    // delegated: each worker in a cgroup of its own
@@ -108,6 +109,7 @@ func New(o Options) (*Supervisor, error) {
 		stderr:     o.Stderr,
 		baseEnv:    os.Environ(),
 		sockets:    o.Sockets,
+		backlogs:   map[string]int{},
 		loadConfig: o.LoadConfig,
 		instance:   o.Instance,
 		inputs:     make(chan any, 64),
@@ -120,6 +122,9 @@ func New(o Options) (*Supervisor, error) {
 	}
 	if s.log == nil {
 		s.log = slog.Default()
+	}
+	for _, l := range o.Config.Listen {
+		s.backlogs[l.Name] = l.Backlog
 	}
 	if s.trampoline == nil {
 		self, err := os.Executable()
@@ -223,6 +228,11 @@ func (s *Supervisor) post(in any) {
 func (s *Supervisor) Run() error {
 	defer close(s.done)
 	s.log.Info("sockets held", "count", len(s.sockets))
+	if w, err := sockets.Watch(s.sockets, s.backlogs, s.socketShutDown); err != nil {
+		s.log.Warn("a socket shut down by a worker will not be repaired", "err", err)
+	} else {
+		defer w.Close()
+	}
 	s.startWatchdog()
 	s.step(core.Boot{})
 	for !s.m.Done() {
@@ -388,6 +398,19 @@ func (s *Supervisor) awaitRelease(e core.AwaitRelease) {
 		held := awaitRelease(members, ids, releaseTimeout)
 		s.post(core.Released{Gen: e.Gen, Held: held, Took: time.Since(start)})
 	}()
+}
+
+// socketShutDown reports a held socket that a process holding it shut down
+// (sockets.Watch): the connections queued on it were reset, and it takes no
+// more unless it could be listened on again.
+func (s *Supervisor) socketShutDown(sd sockets.Shutdown) {
+	if sd.Err != nil {
+		s.log.Error("a process that holds the socket shut it down (shutdown(2)); it takes no more connections, and only a new socket repairs it: restart the service, and its .socket unit if it has one",
+			"socket", sd.Name, "err", sd.Err)
+		return
+	}
+	s.log.Error("a process that holds the socket shut it down (shutdown(2)), resetting the connections queued on it; it listens again",
+		"socket", sd.Name, "backlog", sd.Backlog)
 }
 
 // startWatchdog pings systemd at half the WatchdogSec= interval, through

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -43,6 +44,9 @@ func TestMain(m *testing.M) {
 		}
 		json.NewEncoder(os.Stdout).Encode(r)
 		os.Exit(0)
+	}
+	if n, err := strconv.Atoi(os.Getenv(shutdownChild)); err == nil {
+		shutdownInherited(n)
 	}
 	os.Exit(m.Run())
 }

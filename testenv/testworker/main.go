@@ -51,6 +51,7 @@ func main() {
 	listenFD3 := flag.Bool("listen-fd3", false, "serve descriptor 3, without LISTEN_FDS: for the benchmark's floor series, which starts workers without a trampoline to set LISTEN_PID")
 	exitAfterReady := flag.Duration("exit-after-ready", 0, "this long after READY=1, drain as on SIGTERM (every accepted request answered) and exit with status 3: a build that dies soon after it started")
 	healthDir := flag.String("health-dir", "", "write DIR/PID: \"ok\" at READY=1, \"failing\" once -health-fail-after passed (for a health_command that checks this very worker)")
+	shutdownListeners := flag.Bool("shutdown-listeners", false, "on the stop signal, shutdown(2) the inherited listening sockets before draining, as a server does that wakes its accept loop that way (on a shared socket, this ends accepting for every process that holds it)")
 	healthFailAfter := flag.Duration("health-fail-after", 0, "with -health-dir: report failing this long after READY=1 (0: never)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("testworker", *version, "pid", os.Getpid())
@@ -161,7 +162,14 @@ wait:
 		case <-exited:
 			status = 3
 			break wait
+		case err := <-srv.Failed():
+			log.Error("draining, to be replaced", "err", err)
+			status = 4
+			break wait
 		}
+	}
+	if *shutdownListeners {
+		shutdown(listeners, log)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *drainTimeout)
 	defer cancel()
@@ -176,6 +184,25 @@ wait:
 	}
 	log.Info("drained")
 	os.Exit(status)
+}
+
+// shutdown calls shutdown(2) on each listener's socket.
+func shutdown(lns []net.Listener, log *slog.Logger) {
+	for _, l := range lns {
+		sc, ok := l.(syscall.Conn)
+		if !ok {
+			continue
+		}
+		raw, err := sc.SyscallConn()
+		if err != nil {
+			log.Error("shutdown", "err", err)
+			continue
+		}
+		raw.Control(func(fd uintptr) {
+			err = unix.Shutdown(int(fd), unix.SHUT_RDWR)
+		})
+		log.Info("shut the listening socket down, as asked (-shutdown-listeners)", "err", err)
+	}
 }
 
 // reportHealth writes what this worker says of its health to DIR/PID,
