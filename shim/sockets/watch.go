@@ -83,6 +83,10 @@ func Watch(socks []handoff.Socket, backlogs map[string]int, report func(Shutdown
 		}
 		w.socks = append(w.socks, ws)
 	}
+	if len(w.socks) == 0 {
+		close(w.done) // nothing to wait for; epoll_wait would refuse an empty buffer
+		return w, nil
+	}
 	raw, err := w.epoll.SyscallConn()
 	if err != nil {
 		w.epoll.Close()
@@ -105,15 +109,18 @@ func (w *Watcher) run(raw interface {
 	events := make([]unix.EpollEvent, len(w.socks))
 	for {
 		var n int
+		var werr error
 		err := raw.Read(func(fd uintptr) bool {
-			var werr error
 			n, werr = unix.EpollWait(int(fd), events, 0)
-			return n > 0 || (werr != nil && werr != unix.EINTR)
+			if werr == unix.EINTR {
+				n, werr = 0, nil
+			}
+			return n > 0 || werr != nil
 		})
-		if err != nil {
-			return // closed
+		if err != nil || werr != nil {
+			return // closed: epoll_wait on a live set with room for events does not fail
 		}
-		for _, ev := range events[:max(n, 0)] {
+		for _, ev := range events[:n] {
 			if sd, ok := w.socks[ev.Fd].check(); ok {
 				report(sd)
 			}

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"testing"
 	"time"
 
@@ -149,4 +150,18 @@ func TestWatchRepairsShutdown(t *testing.T) {
 	if n := len(reports); n != 0 {
 		t.Errorf("%d more reports: %+v", n, <-reports)
 	}
+}
+
+// TestWatchNothing: with no socket to follow, Watch starts no goroutine
+// (epoll_wait refuses an empty buffer, and a loop around it would spin).
+func TestWatchNothing(t *testing.T) {
+	before := runtime.NumGoroutine()
+	w, err := Watch(nil, nil, func(s Shutdown) { t.Errorf("report %+v", s) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := runtime.NumGoroutine(); n != before {
+		t.Errorf("%d goroutines after Watch(nil), %d before", n, before)
+	}
+	w.Close()
 }
