@@ -1091,15 +1091,18 @@ func TestFaultBadActivationEnv(t *testing.T) {
 // TestWorkerShutsDownListener: workers that shutdown(2) their listening
 // socket when told to drain, instead of closing their copy, act on the one
 // socket every generation shares: without repair, no process could accept
-// on it again. sockshim listens on it again and logs it; a new worker whose
+// on it again. The workers run as nobody. sockshim listens on it again and logs it; a new worker whose
 // accept failed in that moment (EINVAL) drains and exits to be replaced
 // (gracefulhttp's Failed); every request after the reload is answered by
 // the new generation, and two of its workers serve at the end.
 func TestWorkerShutsDownListener(t *testing.T) {
 	b := build(t)
-	a := startServing(t, b, workerConfig(b, "v1", "rolling", 1, 2, "-shutdown-listeners"))
+	// Workers of another uid, as a deployed app's would be: what they can do
+	// to the socket they were given, they do to everyone's.
+	const asNobody = "user = \"nobody\"\ngroup = \"nogroup\"\n"
+	a := startServing(t, b, workerConfig(b, "v1", "rolling", 1, 2, "-shutdown-listeners")+asNobody)
 	old := workerPIDs(status(t, a.ctl), "ready")
-	a.rewrite(t, workerConfig(b, "v2", "rolling", 1, 2, "-shutdown-listeners"))
+	a.rewrite(t, workerConfig(b, "v2", "rolling", 1, 2, "-shutdown-listeners")+asNobody)
 	if out, err := a.reload(); err != nil {
 		t.Fatalf("reload: %v\n%s", err, out)
 	}
