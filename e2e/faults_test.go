@@ -1142,4 +1142,12 @@ func TestWorkerShutsDownListener(t *testing.T) {
 	if repairs < 1 || repairs > len(old) {
 		t.Errorf("sockshim logged %d repairs, want 1 to %d (one per old worker, or fewer when they shut it down together)", repairs, len(old))
 	}
+	want := []control.SocketCounters{{Name: "http", Shutdowns: repairs, Relistened: repairs}}
+	if got := status(t, a.ctl).Counters.Sockets; !slices.Equal(got, want) {
+		t.Errorf("status counters of the sockets: %+v, want %+v", got, want)
+	}
+	out, err := exec.Command(b.sockshim, "status", "-c", a.cfgPath).CombinedOutput()
+	if line := fmt.Sprintf("socket http: shut down %d times by a process that holds it, %d repaired", repairs, repairs); err != nil || !strings.Contains(string(out), line) {
+		t.Errorf("sockshim status: %v, want %q in\n%s", err, line, out)
+	}
 }

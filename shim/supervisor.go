@@ -66,8 +66,9 @@ type Supervisor struct {
 	done           chan struct{}
 
 	m          *core.Machine
-	queue      []core.Event // outcomes known at once, stepped before the next input
-	notes      [][]string   // the step's Notify lines, sent together so they can be packed
+	watcher    *sockets.Watcher // nil when the sockets could not be watched
+	queue      []core.Event     // outcomes known at once, stepped before the next input
+	notes      [][]string       // the step's Notify lines, sent together so they can be packed
 	procs      map[core.WorkerID]*proc
 	timers     map[core.TimerID]*time.Timer
 	probes     map[core.WorkerID]context.CancelFunc
@@ -231,6 +232,7 @@ func (s *Supervisor) Run() error {
 	if w, err := sockets.Watch(s.sockets, s.backlogs, s.socketShutDown); err != nil {
 		s.log.Warn("a socket shut down by a worker will not be repaired", "err", err)
 	} else {
+		s.watcher = w
 		defer w.Close()
 	}
 	s.startWatchdog()
@@ -247,6 +249,7 @@ func (s *Supervisor) Run() error {
 			st := s.m.Status(time.Now())
 			st.PID = os.Getpid()
 			s.addUsage(&st)
+			st.Counters.Sockets = s.socketCounters()
 			in.reply <- st
 		case watchdogTick:
 			// Answering at all proves this goroutine is not wedged.
@@ -411,6 +414,20 @@ func (s *Supervisor) socketShutDown(sd sockets.Shutdown) {
 	}
 	s.log.Error("a process that holds the socket shut it down (shutdown(2)), resetting the connections queued on it; it listens again",
 		"socket", sd.Name, "backlog", sd.Backlog)
+}
+
+// socketCounters lists every held socket with the shutdowns the watcher
+// saw of it.
+func (s *Supervisor) socketCounters() []control.SocketCounters {
+	counts := s.watcher.Counts()
+	out := make([]control.SocketCounters, len(s.sockets))
+	for i, sock := range s.sockets {
+		out[i].Name = sock.Name
+		if i < len(counts) {
+			out[i].Shutdowns, out[i].Relistened = counts[i].Shutdowns, counts[i].Relistened
+		}
+	}
+	return out
 }
 
 // startWatchdog pings systemd at half the WatchdogSec= interval, through

@@ -121,7 +121,8 @@ func cmdStatus(args []string, stdout, stderr io.Writer) error {
 
 // countersLine sums up the counters in one line, e.g. "reloads: 7
 // succeeded, 2 failed (config 1, exit 1); workers: 3 respawned, 14 drained,
-// 2 killed at drain_timeout". status -json has them all.
+// 2 killed at drain_timeout", and each socket a worker shut down. status
+// -json has them all.
 func countersLine(c control.Counters) string {
 	var causes []string
 	for _, cause := range []string{"config", "spawn", "exit", "ready_timeout", "health", "stopped"} {
@@ -137,5 +138,11 @@ func countersLine(c control.Counters) string {
 	for _, g := range c.Groups {
 		respawns, drains, kills = respawns+g.Respawns, drains+g.Drains, kills+g.DeadlineKills
 	}
-	return line + fmt.Sprintf("; workers: %d respawned, %d drained, %d killed at drain_timeout", respawns, drains, kills)
+	line += fmt.Sprintf("; workers: %d respawned, %d drained, %d killed at drain_timeout", respawns, drains, kills)
+	for _, sc := range c.Sockets {
+		if sc.Shutdowns > 0 {
+			line += fmt.Sprintf("; socket %s: shut down %d times by a process that holds it, %d repaired", sc.Name, sc.Shutdowns, sc.Relistened)
+		}
+	}
+	return line
 }

@@ -54,6 +54,17 @@ type Counters struct {
 	// ReloadDuration: from the request that began a run to its answer.
 	ReloadDuration Histogram       `json:"reload_duration"`
 	Groups         []GroupCounters `json:"groups"` // by name, every group sockshim has run
+	// Sockets: every held socket, in LISTEN_FDNAMES order.
+	Sockets []SocketCounters `json:"sockets"`
+}
+
+// SocketCounters count the shutdown(2)s of one held socket by a process
+// that shares it: Relistened of them sockshim repaired (a TCP listener
+// listens again); the others left it shut.
+type SocketCounters struct {
+	Name       string `json:"name"`
+	Shutdowns  int    `json:"shutdowns"`
+	Relistened int    `json:"relistened"`
 }
 
 // Histogram is a Prometheus-style histogram: Buckets are cumulative.

@@ -108,6 +108,12 @@ func Write(w io.Writer, st control.Status) error {
 			e.sample(f.name, float64(f.value(g)), "group", g.Name)
 		}
 	}
+	e.family("sockshim_socket_shutdowns_total", "counter",
+		"Held sockets found shut down (shutdown(2)) by a process that shares them, by socket and whether sockshim made it listen again (a TCP listener) or it stays shut.")
+	for _, sc := range c.Sockets {
+		e.sample("sockshim_socket_shutdowns_total", float64(sc.Relistened), "socket", sc.Name, "repaired", "true")
+		e.sample("sockshim_socket_shutdowns_total", float64(sc.Shutdowns-sc.Relistened), "socket", sc.Name, "repaired", "false")
+	}
 	if e.err != nil {
 		return e.err
 	}

@@ -37,7 +37,8 @@ func sampleStatus() control.Status {
 			FailedByCause: map[string]int{"config": 1, "spawn": 0, "exit": 1, "ready_timeout": 0, "health": 0, "stopped": 1},
 			ReloadDuration: control.Histogram{Count: 5, Sum: 7.25, Buckets: []control.Bucket{
 				{UpperBound: 0.5, Count: 1}, {UpperBound: 1, Count: 3}, {UpperBound: 5, Count: 5}}},
-			Groups: []control.GroupCounters{{Name: "web", Respawns: 4, Drains: 6, DeadlineKills: 1}, {Name: `we"ird\name`}},
+			Groups:  []control.GroupCounters{{Name: "web", Respawns: 4, Drains: 6, DeadlineKills: 1}, {Name: `we"ird\name`}},
+			Sockets: []control.SocketCounters{{Name: "http", Shutdowns: 3, Relistened: 2}, {Name: "admin"}},
 		},
 	}
 }
@@ -92,6 +93,10 @@ func TestWrite(t *testing.T) {
 		{"sockshim_worker_drains_total", []string{"group", "web"}, 6},
 		{"sockshim_worker_drain_timeout_kills_total", []string{"group", "web"}, 1},
 		{"sockshim_worker_drain_timeout_kills_total", []string{"group", `we"ird\name`}, 0},
+		{"sockshim_socket_shutdowns_total", []string{"socket", "http", "repaired", "true"}, 2},
+		{"sockshim_socket_shutdowns_total", []string{"socket", "http", "repaired", "false"}, 1},
+		{"sockshim_socket_shutdowns_total", []string{"socket", "admin", "repaired", "true"}, 0},
+		{"sockshim_socket_shutdowns_total", []string{"socket", "admin", "repaired", "false"}, 0},
 	} {
 		if got := value(t, fams, c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
 
 	"github.com/sockshim/sockshim/handoff"
 	"golang.org/x/sys/unix"
@@ -44,6 +45,27 @@ type watched struct {
 	handoff.Socket
 	tcpListener bool
 	backlog     int
+	// Reported shutdowns, and how many of them were repaired.
+	shutdowns, relistened *atomic.Int64
+}
+
+// Count is what a Watcher saw of one socket.
+type Count struct {
+	Name                  string
+	Shutdowns, Relistened int
+}
+
+// Counts returns, for every watched socket in order, its shutdowns so far
+// and how many of them it repaired. A nil Watcher has none.
+func (w *Watcher) Counts() []Count {
+	if w == nil {
+		return nil
+	}
+	out := make([]Count, len(w.socks))
+	for i, s := range w.socks {
+		out[i] = Count{Name: s.Name, Shutdowns: int(s.shutdowns.Load()), Relistened: int(s.relistened.Load())}
+	}
+	return out
 }
 
 // Watch starts following socks. backlogs gives the listen(2) backlog to
@@ -68,7 +90,7 @@ func Watch(socks []handoff.Socket, backlogs map[string]int, report func(Shutdown
 	}
 	w := &Watcher{epoll: os.NewFile(uintptr(epfd), "held-sockets-epoll"), done: make(chan struct{})}
 	for i, s := range socks {
-		ws := watched{Socket: s, backlog: backlogs[s.Name]}
+		ws := watched{Socket: s, backlog: backlogs[s.Name], shutdowns: new(atomic.Int64), relistened: new(atomic.Int64)}
 		if ws.backlog <= 0 {
 			ws.backlog = defaultBacklog
 		}
@@ -121,7 +143,12 @@ func (w *Watcher) run(raw interface {
 			return // closed: epoll_wait on a live set with room for events does not fail
 		}
 		for _, ev := range events[:n] {
-			if sd, ok := w.socks[ev.Fd].check(); ok {
+			s := w.socks[ev.Fd]
+			if sd, ok := s.check(); ok {
+				s.shutdowns.Add(1)
+				if sd.Relistened {
+					s.relistened.Add(1)
+				}
 				report(sd)
 			}
 		}
