@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/sockshim/sockshim/handoff"
 	"golang.org/x/sys/unix"
@@ -37,7 +38,7 @@ type Shutdown struct {
 // Watcher follows the held sockets for a shutdown and repairs what it can.
 type Watcher struct {
 	epoll *os.File
-	socks []watched
+	socks []*watched
 	done  chan struct{}
 }
 
@@ -46,7 +47,7 @@ type watched struct {
 	tcpListener bool
 	backlog     int
 	// Reported shutdowns, and how many of them were repaired.
-	shutdowns, relistened *atomic.Int64
+	shutdowns, relistened atomic.Int64
 }
 
 // Count is what a Watcher saw of one socket.
@@ -90,7 +91,7 @@ func Watch(socks []handoff.Socket, backlogs map[string]int, report func(Shutdown
 	}
 	w := &Watcher{epoll: os.NewFile(uintptr(epfd), "held-sockets-epoll"), done: make(chan struct{})}
 	for i, s := range socks {
-		ws := watched{Socket: s, backlog: backlogs[s.Name], shutdowns: new(atomic.Int64), relistened: new(atomic.Int64)}
+		ws := &watched{Socket: s, backlog: backlogs[s.Name]}
 		if ws.backlog <= 0 {
 			ws.backlog = defaultBacklog
 		}
@@ -124,9 +125,7 @@ func (w *Watcher) Close() {
 	<-w.done
 }
 
-func (w *Watcher) run(raw interface {
-	Read(func(uintptr) bool) error
-}, report func(Shutdown)) {
+func (w *Watcher) run(raw syscall.RawConn, report func(Shutdown)) {
 	defer close(w.done)
 	events := make([]unix.EpollEvent, len(w.socks))
 	for {
@@ -157,7 +156,7 @@ func (w *Watcher) run(raw interface {
 
 // check looks at a socket the kernel reported a hang-up for, and listens on
 // it again when that repairs it.
-func (s watched) check() (Shutdown, bool) {
+func (s *watched) check() (Shutdown, bool) {
 	sd := Shutdown{Name: s.Name}
 	var shut bool
 	err := control(s.File, func(fd int) error {
