@@ -18,12 +18,14 @@ import (
 // stop) ends accepting for the whole service, every later generation
 // included. A TCP listener survives it: shutdown leaves the socket bound, in
 // state CLOSE, and listen(2) makes it accept again, though the connections
-// queued on it at that moment were reset. A shut-down unix or datagram socket
-// cannot be opened again; only a new socket repairs it.
+// queued on it at that moment were reset. No call undoes the shutdown of a
+// unix listener (it refuses every connection) or of a datagram socket (its
+// reads return at once, empty, instead of waiting); only a new socket
+// repairs those.
 
 // errStaysShut is why a shut-down socket other than a TCP listener is not
 // repaired.
-var errStaysShut = errors.New("a unix or datagram socket stays shut down; no call opens it again")
+var errStaysShut = errors.New("no call undoes the shutdown of a unix or datagram socket: a unix listener refuses every connection, and reads of a datagram socket return at once, empty, instead of waiting")
 
 // Shutdown is a held socket found shut down by a process that shares it.
 type Shutdown struct {
