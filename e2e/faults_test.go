@@ -1088,13 +1088,13 @@ func TestFaultBadActivationEnv(t *testing.T) {
 	})
 }
 
-// TestWorkerShutsDownListener: workers that shutdown(2) their listening
-// socket when told to drain, instead of closing their copy, act on the one
-// socket every generation shares: without repair, no process could accept
-// on it again. The workers run as nobody. sockshim listens on it again and logs it; a new worker whose
-// accept failed in that moment (EINVAL) drains and exits to be replaced
-// (gracefulhttp's Failed); every request after the reload is answered by
-// the new generation, and two of its workers serve at the end.
+// TestWorkerShutsDownListener: workers (of uid nobody) that shutdown(2)
+// their listening socket when told to drain, instead of closing their copy,
+// act on the one socket every generation shares: without repair, no process
+// could accept on it again. sockshim listens on it again and logs it; a
+// worker whose accept failed in that moment (EINVAL) drains and exits to be
+// replaced (gracefulhttp's Failed); every request after the reload is
+// answered by the new generation, and every ready worker serves.
 func TestWorkerShutsDownListener(t *testing.T) {
 	b := build(t)
 	// Workers of another uid, as a deployed app's would be: what they can do

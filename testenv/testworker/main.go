@@ -163,12 +163,16 @@ wait:
 			status = 3
 			break wait
 		case err := <-srv.Failed():
+			// An accept loop ended (gracefulhttp's Failed): exit non-zero
+			// after the drain, to be replaced.
 			log.Error("draining, to be replaced", "err", err)
 			status = 4
 			break wait
 		}
 	}
-	if *shutdownListeners {
+	// Only on the stop signal: the test counts one shutdown per worker told
+	// to stop, not one more from each worker whose accept it ended.
+	if *shutdownListeners && status == 0 {
 		shutdown(listeners, log)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *drainTimeout)
