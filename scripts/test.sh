@@ -13,7 +13,7 @@ STATICCHECK_VERSION=v0.8.2
 # Each fuzz run stops after a number of executions, not after a time: Go
 # 1.26's fuzz coordinator can report its own -fuzztime deadline as a failure
 # when a worker is mid-input as it passes (go.dev/issue/75804, fixed in Go
-# 1.27). 300,000 inputs take 5–20 s per target on this machine.
+# 1.27). 300,000 inputs take 3–17 s per target on this machine.
 FUZZ_EXECS=${FUZZ_EXECS:-300000}
 
 # command → Debian package, for everything the tests run.
