@@ -44,7 +44,8 @@ func shutDownBy(t *testing.T, socks ...handoff.Socket) {
 	}
 }
 
-func dialable(network string, f *os.File, t *testing.T) error {
+// dialable connects to the address f is bound to, and reports the error.
+func dialable(t *testing.T, network string, f *os.File) error {
 	var addr string
 	switch sa := localAddr(t, f).(type) {
 	case *unix.SockaddrInet4:
@@ -88,7 +89,7 @@ func TestWatchRepairsShutdown(t *testing.T) {
 			if network == "" {
 				continue
 			}
-			if err := dialable(network, socks[i].File, t); err != nil {
+			if err := dialable(t, network, socks[i].File); err != nil {
 				t.Fatalf("%s before the shutdown: %v", network, err)
 			}
 		}
@@ -124,13 +125,13 @@ func TestWatchRepairsShutdown(t *testing.T) {
 			t.Errorf("%s: %+v, want reported as not repairable", n, s)
 		}
 	}
-	if err := dialable("tcp4", socks[0].File, t); err != nil {
+	if err := dialable(t, "tcp4", socks[0].File); err != nil {
 		t.Errorf("tcp4 after the repair: %v", err)
 	}
-	if err := dialable("tcp6", socks[1].File, t); err != nil {
+	if err := dialable(t, "tcp6", socks[1].File); err != nil {
 		t.Errorf("tcp6 after the repair: %v", err)
 	}
-	if err := dialable("unix", socks[3].File, t); err == nil {
+	if err := dialable(t, "unix", socks[3].File); err == nil {
 		t.Errorf("unix after the shutdown: a connection went through")
 	}
 
@@ -143,7 +144,7 @@ func TestWatchRepairsShutdown(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no report for the second shutdown of tcp4")
 	}
-	if err := dialable("tcp4", socks[0].File, t); err != nil {
+	if err := dialable(t, "tcp4", socks[0].File); err != nil {
 		t.Errorf("tcp4 after the second repair: %v", err)
 	}
 	w.Close()
