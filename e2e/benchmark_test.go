@@ -439,7 +439,7 @@ func execCosts(tb testing.TB, bb bins, n int) string {
 			tb.Fatal(err)
 		}
 		child.Close()
-		if err := handoff.Send(parent, []handoff.Socket{{Name: "http", File: f}}); err != nil {
+		if err := handoff.Send(parent, 0, []handoff.Socket{{Name: "http", File: f}}); err != nil {
 			tb.Fatal(err)
 		}
 		parent.Close()

@@ -99,11 +99,17 @@ func TestRoundTrip(t *testing.T) {
 			socks := sockets(t, n)
 			a, b := pair(t)
 			before := openFDs(t)
+			// Odd counts carry a flag, so that it is shown to reach
+			// every message of a handoff of more than one.
+			flags := byte(n%2) * wire.FlagInterceptBind
 			errc := make(chan error, 1)
-			go func() { errc <- Send(a, socks) }()
-			got, err := Receive(b)
+			go func() { errc <- Send(a, flags, socks) }()
+			got, gotFlags, err := Receive(b)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if gotFlags != flags {
+				t.Errorf("flags 0x%x, sent 0x%x", gotFlags, flags)
 			}
 			if err := <-errc; err != nil {
 				t.Fatal(err)
@@ -175,41 +181,48 @@ func TestReceiveErrors(t *testing.T) {
 		want  string
 	}{
 		{"truncated payload", func(t *testing.T, a, b *os.File, fds []int) {
-			sendRaw(t, a, wire.Encode(2, 0, names(2, 0))[:wire.HeaderLen+3], fds[:2])
+			sendRaw(t, a, wire.Encode(0, 2, 0, names(2, 0))[:wire.HeaderLen+3], fds[:2])
 		}, "payload ends"},
 		{"wrong magic", func(t *testing.T, a, b *os.File, fds []int) {
-			p := wire.Encode(1, 0, names(1, 0))
+			p := wire.Encode(0, 1, 0, names(1, 0))
 			p[0] = 'X'
 			sendRaw(t, a, p, fds[:1])
 		}, "bad magic"},
 		{"wrong version", func(t *testing.T, a, b *os.File, fds []int) {
-			p := wire.Encode(1, 0, names(1, 0))
+			p := wire.Encode(0, 1, 0, names(1, 0))
 			p[4] = 2
 			sendRaw(t, a, p, fds[:1])
 		}, "protocol version 2, want 1"},
 		{"fewer fds than the header says", func(t *testing.T, a, b *os.File, fds []int) {
-			sendRaw(t, a, wire.Encode(3, 0, names(3, 0)), fds[:2])
+			sendRaw(t, a, wire.Encode(0, 3, 0, names(3, 0)), fds[:2])
 		}, "carries 2 descriptors, header says 3"},
 		{"more fds than the header says", func(t *testing.T, a, b *os.File, fds []int) {
-			sendRaw(t, a, wire.Encode(3, 0, names(2, 0)), fds[:3])
+			sendRaw(t, a, wire.Encode(0, 3, 0, names(2, 0)), fds[:3])
 		}, "carries 3 descriptors, header says 2"},
 		{"total changes", func(t *testing.T, a, b *os.File, fds []int) {
-			sendRaw(t, a, wire.Encode(3, 0, names(2, 0)), fds[:2])
-			sendRaw(t, a, wire.Encode(4, 2, names(1, 2)), fds[2:3])
+			sendRaw(t, a, wire.Encode(0, 3, 0, names(2, 0)), fds[:2])
+			sendRaw(t, a, wire.Encode(0, 4, 2, names(1, 2)), fds[2:3])
 		}, "message 2 says the total is 4, message 1 said 3"},
 		{"chunk out of order", func(t *testing.T, a, b *os.File, fds []int) {
-			sendRaw(t, a, wire.Encode(3, 0, names(1, 0)), fds[:1])
-			sendRaw(t, a, wire.Encode(3, 2, names(1, 2)), fds[2:3])
+			sendRaw(t, a, wire.Encode(0, 3, 0, names(1, 0)), fds[:1])
+			sendRaw(t, a, wire.Encode(0, 3, 2, names(1, 2)), fds[2:3])
 		}, "message 2 starts at socket 2, expected 1"},
+		{"unknown flag", func(t *testing.T, a, b *os.File, fds []int) {
+			sendRaw(t, a, wire.Encode(0x80|wire.FlagInterceptBind, 1, 0, names(1, 0)), fds[:1])
+		}, "unknown flags 0x80"},
+		{"flags change", func(t *testing.T, a, b *os.File, fds []int) {
+			sendRaw(t, a, wire.Encode(wire.FlagInterceptBind, 3, 0, names(2, 0)), fds[:2])
+			sendRaw(t, a, wire.Encode(0, 3, 2, names(1, 2)), fds[2:3])
+		}, "message 2 has flags 0x0, message 1 had 0x1"},
 		{"peer closes mid-stream", func(t *testing.T, a, b *os.File, fds []int) {
-			sendRaw(t, a, wire.Encode(3, 0, names(2, 0)), fds[:2])
+			sendRaw(t, a, wire.Encode(0, 3, 0, names(2, 0)), fds[:2])
 			a.Close()
 		}, "peer closed after 2 of 3 sockets"},
 		{"peer closes at once", func(t *testing.T, a, b *os.File, fds []int) {
 			a.Close()
 		}, "peer closed before sending anything"},
 		{"bad name", func(t *testing.T, a, b *os.File, fds []int) {
-			sendRaw(t, a, wire.Encode(1, 0, []string{"a:b"}), fds[:1])
+			sendRaw(t, a, wire.Encode(0, 1, 0, []string{"a:b"}), fds[:1])
 		}, "contains ':'"},
 		{"garbage", func(t *testing.T, a, b *os.File, fds []int) {
 			sendRaw(t, a, []byte("GET / HTTP/1.1\r\n\r\n"), fds[:1])
@@ -222,7 +235,7 @@ func TestReceiveErrors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			sendRaw(t, a, wire.Encode(253, 0, names(253, 0)), fds[:253])
+			sendRaw(t, a, wire.Encode(0, 253, 0, names(253, 0)), fds[:253])
 		}, "MSG_CTRUNC"},
 	}
 	for _, c := range cases {
@@ -231,7 +244,7 @@ func TestReceiveErrors(t *testing.T) {
 			a, b := pair(t)
 			before := openFDs(t)
 			c.write(t, a, b, rawFDs(t, socks))
-			got, err := Receive(b)
+			got, _, err := Receive(b)
 			if err == nil {
 				closeAll(got)
 				t.Fatalf("no error, want %q", c.want)
@@ -256,7 +269,7 @@ func TestSendRejectsBadNames(t *testing.T) {
 	a, _ := pair(t)
 	for _, name := range []string{"", "a:b", "tab\there", strings.Repeat("x", 256)} {
 		socks[0].Name = name
-		if err := Send(a, socks); err == nil {
+		if err := Send(a, 0, socks); err == nil {
 			t.Errorf("Send accepted name %q", name)
 		}
 	}
@@ -290,7 +303,7 @@ func TestTrampoline(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.Close()
-	if err := Send(a, []Socket{{"web", f1}, {"admin", f2}}); err != nil {
+	if err := Send(a, 0, []Socket{{"web", f1}, {"admin", f2}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := cmd.Wait(); err != nil {
@@ -421,7 +434,7 @@ func TestTrampolineOwnEnv(t *testing.T) {
 		if len(seen) < len(worker) || !slices.Equal(seen[:len(seen)-len(worker)], wantOwn) || !slices.Equal(seen[len(seen)-len(worker):], worker) {
 			t.Errorf("trampoline's environment %q, want %q and then %q", seen, wantOwn, worker)
 		}
-		if err := Send(a, []Socket{{"web", f}}); err != nil {
+		if err := Send(a, 0, []Socket{{"web", f}}); err != nil {
 			t.Fatal(err)
 		}
 		if err := cmd.Wait(); err != nil {

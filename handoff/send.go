@@ -20,13 +20,13 @@ func Pair() (parent, child *os.File, err error) {
 }
 
 // Send writes socks over conn, a SOCK_SEQPACKET unix socket, in messages of
-// at most wire.MaxFDsPerMessage descriptors.
+// at most wire.MaxFDsPerMessage descriptors, each with flags (wire.Flag…).
 //
 // It never calls (*os.File).Fd on a socket: Fd switches the open file
 // description to blocking mode, for every process sharing it. The raw
 // descriptors are borrowed inside RawConn.Control instead, which also keeps
 // each file from being closed while it is borrowed.
-func Send(conn *os.File, socks []Socket) error {
+func Send(conn *os.File, flags byte, socks []Socket) error {
 	names := make([]string, len(socks))
 	for i, s := range socks {
 		if err := CheckName(s.Name); err != nil {
@@ -44,7 +44,7 @@ func Send(conn *os.File, socks []Socket) error {
 		return withRawFD(conn, func(c int) error {
 			for first := 0; first == 0 || first < len(fds); first += wire.MaxFDsPerMessage {
 				end := min(first+wire.MaxFDsPerMessage, len(fds))
-				payload := wire.Encode(len(fds), first, names[first:end])
+				payload := wire.Encode(flags, len(fds), first, names[first:end])
 				var oob []byte
 				if end > first {
 					oob = unix.UnixRights(fds[first:end]...)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/sockshim/sockshim/shim/config"
 	"github.com/sockshim/sockshim/shim/control"
 	"github.com/sockshim/sockshim/shim/core"
+	"github.com/sockshim/sockshim/shim/intercept"
 	"github.com/sockshim/sockshim/shim/notify"
 	"github.com/sockshim/sockshim/shim/sockets"
 )
@@ -55,8 +57,10 @@ type Supervisor struct {
 	devNull        *os.File // every worker's stdin, opened once rather than by each exec.Cmd
 	baseEnv        []string
 	sockets        []handoff.Socket
-	socketIDs      map[string]bool // the sockets as /proc/PID/fd names them
-	backlogs       map[string]int  // listen(2) backlogs of the sockets sockshim bound, by name
+	socketIDs      map[string]bool  // the sockets as /proc/PID/fd names them
+	held           []intercept.Held // the sockets as intercept_bind matches binds against them
+	heldErr        error            // why held could not be read, reported by checkIntercept
+	backlogs       map[string]int   // listen(2) backlogs of the sockets sockshim bound, by name
 	loadConfig     func() (*config.Config, error)
 	instance       string
 	cgroups        *cgroup.Tree    // delegated: each worker in a cgroup of its own
@@ -102,6 +106,7 @@ func New(o Options) (*Supervisor, error) {
 	if err := o.Config.CheckSocketNames(sockets.Names(o.Sockets)); err != nil {
 		return nil, err
 	}
+	held, heldErr := intercept.Describe(o.Sockets)
 	s := &Supervisor{
 		log:        o.Logger,
 		up:         o.Upstream,
@@ -110,6 +115,8 @@ func New(o Options) (*Supervisor, error) {
 		stderr:     o.Stderr,
 		baseEnv:    os.Environ(),
 		sockets:    o.Sockets,
+		held:       held,
+		heldErr:    heldErr,
 		backlogs:   map[string]int{},
 		loadConfig: o.LoadConfig,
 		instance:   o.Instance,
@@ -123,6 +130,9 @@ func New(o Options) (*Supervisor, error) {
 	}
 	if s.log == nil {
 		s.log = slog.Default()
+	}
+	if err := s.checkIntercept(o.Config); err != nil {
+		return nil, err
 	}
 	for _, l := range o.Config.Listen {
 		s.backlogs[l.Name] = l.Backlog
@@ -364,6 +374,9 @@ func (s *Supervisor) apply(e core.Effect) {
 		if err == nil {
 			err = cfg.CheckSocketNames(sockets.Names(s.sockets))
 		}
+		if err == nil {
+			err = s.checkIntercept(cfg)
+		}
 		s.queue = append(s.queue, core.ConfigLoaded{Config: cfg, Err: err})
 	case core.AwaitRelease:
 		s.awaitRelease(e)
@@ -454,4 +467,36 @@ func (s *Supervisor) startWatchdog() {
 			}
 		}
 	}()
+}
+
+// checkIntercept: every group with intercept_bind has sockets to give, and
+// sockshim could read what they are bound to.
+func (s *Supervisor) checkIntercept(cfg *config.Config) error {
+	for i, g := range cfg.Workers {
+		if !g.InterceptBind {
+			continue
+		}
+		if s.heldErr != nil {
+			return fmt.Errorf("worker[%d] (%s): intercept_bind: %w", i, g.Name, s.heldErr)
+		}
+		if len(s.heldFor(g.Sockets)) == 0 {
+			return fmt.Errorf("worker[%d] (%s): intercept_bind = true, but the group has no socket a bind could be given (sockets held: %d)", i, g.Name, len(s.held))
+		}
+	}
+	return nil
+}
+
+// heldFor returns the held sockets a group may be given, as sockets.Select
+// does for LISTEN_FDS.
+func (s *Supervisor) heldFor(wanted []string) []intercept.Held {
+	if wanted == nil {
+		return s.held
+	}
+	var out []intercept.Held
+	for _, h := range s.held {
+		if slices.Contains(wanted, h.Name) {
+			out = append(out, h)
+		}
+	}
+	return out
 }

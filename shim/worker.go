@@ -10,10 +10,12 @@ import (
 	"time"
 
 	"github.com/sockshim/sockshim/handoff"
+	"github.com/sockshim/sockshim/handoff/wire"
 	"github.com/sockshim/sockshim/internal/cgroup"
 	"github.com/sockshim/sockshim/internal/contain"
 	"github.com/sockshim/sockshim/shim/config"
 	"github.com/sockshim/sockshim/shim/core"
+	"github.com/sockshim/sockshim/shim/intercept"
 	"github.com/sockshim/sockshim/shim/notify"
 	"github.com/sockshim/sockshim/shim/sockets"
 	"golang.org/x/sys/unix"
@@ -59,7 +61,14 @@ func (s *Supervisor) spawn(e core.Start) (*proc, error) {
 		proxy.Close()
 		return nil, fmt.Errorf("%s: handoff socket pair: %w", name, err)
 	}
-	defer parent.Close()
+	// With intercept_bind, the trampoline answers on the handoff socket
+	// with the bind filter's listener, which serveBinds waits for.
+	keepParent := false
+	defer func() {
+		if !keepParent {
+			parent.Close()
+		}
+	}()
 	errR, errW, err := stderrPipe()
 	if err != nil {
 		child.Close()
@@ -96,11 +105,21 @@ func (s *Supervisor) spawn(e core.Start) (*proc, error) {
 	}
 	p := &proc{name: name, pid: cmd.Process.Pid, process: cmd.Process, proxy: proxy, cg: cg}
 	tail := newStderrTail(errR, s.stderr)
-	if err := handoff.Send(parent, sockets.Select(s.sockets, cfg.Sockets)); err != nil {
+	socks, flags := sockets.Select(s.sockets, cfg.Sockets), byte(0)
+	if cfg.InterceptBind {
+		// The worker gets its sockets by binding their addresses, and no
+		// LISTEN_FDS: a server that does not know them would keep them
+		// open through its drain, and a reload would wait for it.
+		socks, flags = nil, wire.FlagInterceptBind
+	}
+	if err := handoff.Send(parent, flags, socks); err != nil {
 		// The trampoline is blocked in Receive or already gone; either way
 		// it must not run a worker without its sockets. Its exit reports it.
 		s.kill(p)
 		s.log.Error("handing sockets to worker failed", "worker", name, "pid", p.pid, "err", err)
+	} else if cfg.InterceptBind {
+		keepParent = true
+		go s.serveBinds(name, p.pid, parent, s.heldFor(cfg.Sockets))
 	}
 	id := e.Worker
 	go proxy.Serve(
@@ -305,4 +324,25 @@ func accepts(worker, pid int) bool {
 	}
 	pgid, err := unix.Getpgid(pid)
 	return err == nil && pgid == worker
+}
+
+// serveBinds waits for the bind filter's listener that the trampoline of
+// worker pid sends on conn, and answers the worker's binds with held until
+// no process of it is left. When the trampoline fails before it sends
+// (it exits 127 and says why), there is nothing to serve.
+func (s *Supervisor) serveBinds(name string, pid int, conn *os.File, held []intercept.Held) {
+	got, _, err := handoff.Receive(conn)
+	conn.Close()
+	if err != nil {
+		s.log.Debug("intercept_bind: no bind filter from the trampoline", "worker", name, "pid", pid, "err", err)
+		return
+	}
+	if len(got) != 1 || got[0].Name != wire.ListenerName {
+		for _, g := range got {
+			g.File.Close()
+		}
+		s.log.Error("intercept_bind: the trampoline answered with something other than the bind filter's listener", "worker", name, "pid", pid, "sockets", len(got))
+		return
+	}
+	intercept.NewServer(name, held, s.log).Serve(got[0].File)
 }

@@ -125,9 +125,14 @@ func Exec(argv, env []string) error {
 	if err != nil {
 		return errors.New("trampoline: " + err.Error())
 	}
-	fds, names, err := wire.Receive(HandoffFD)
+	fds, names, flags, err := wire.Receive(HandoffFD)
 	if err != nil {
 		return errors.New("trampoline: handoff: " + err.Error())
+	}
+	if flags&wire.FlagInterceptBind != 0 {
+		if err := interceptBind(HandoffFD); err != nil {
+			return errors.New("trampoline: intercept_bind: " + err.Error())
+		}
 	}
 	// Move every received socket above the target range first: received
 	// numbers may fall inside 3…3+n-1, and the handoff socket itself is 3.

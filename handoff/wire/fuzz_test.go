@@ -13,16 +13,17 @@ func FuzzDecode(f *testing.F) {
 	for i := range 47 {
 		last47 = append(last47, "s"+strconv.Itoa(253+i))
 	}
-	f.Add(Encode(0, 0, nil))
-	f.Add(Encode(1, 0, []string{"http"}))
-	f.Add(Encode(300, 253, last47))
+	f.Add(Encode(0, 0, 0, nil))
+	f.Add(Encode(FlagInterceptBind, 0, 0, nil))
+	f.Add(Encode(0, 1, 0, []string{"http"}))
+	f.Add(Encode(0, 300, 253, last47))
 	f.Add([]byte("SKSH\x01\x00"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := decode(b)
 		if err != nil {
 			return
 		}
-		if h.first+len(h.names) > h.total || h.total > MaxSockets || len(h.names) > MaxFDsPerMessage {
+		if h.flags&^knownFlags != 0 || h.first+len(h.names) > h.total || h.total > MaxSockets || len(h.names) > MaxFDsPerMessage {
 			t.Fatalf("accepted inconsistent header %+v", h)
 		}
 		for _, n := range h.names {
@@ -30,7 +31,7 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("accepted bad name %q", n)
 			}
 		}
-		if again := Encode(h.total, h.first, h.names); string(again) != string(b) {
+		if again := Encode(h.flags, h.total, h.first, h.names); string(again) != string(b) {
 			t.Fatalf("decode/encode mismatch")
 		}
 	})

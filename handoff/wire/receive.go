@@ -2,75 +2,80 @@ package wire
 
 import (
 	"errors"
+	"strconv"
 	"syscall"
 )
 
 // Receive reads one complete handoff from the SOCK_SEQPACKET socket c and
-// returns the descriptors and their names, in the order sent. The
+// returns the descriptors and their names, in the order sent, and the
+// handoff's flags. The
 // descriptors are close-on-exec (MSG_CMSG_CLOEXEC: no window in which an
 // exec elsewhere in the process could inherit them). On any error every
 // descriptor received so far is closed and none is returned, so a bad peer
 // can never leak fds into this process.
-func Receive(c int) (fds []int, names []string, err error) {
-	fds, names, err = receive(c)
+func Receive(c int) (fds []int, names []string, flags byte, err error) {
+	fds, names, flags, err = receive(c)
 	if err != nil {
 		for _, fd := range fds {
 			syscall.Close(fd)
 		}
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
-	return fds, names, nil
+	return fds, names, flags, nil
 }
 
 // receive does the work of Receive. It returns the fds it collected even on
 // error, for Receive to close.
-func receive(c int) ([]int, []string, error) {
+func receive(c int) ([]int, []string, byte, error) {
 	buf := heapBytes(maxPayload + 1)
 	oob := make([]byte, syscall.CmsgSpace(MaxFDsPerMessage*4))
 	var (
-		fds   []int
-		names []string
-		total = -1
+		fds    []int
+		names  []string
+		total  = -1
+		hflags byte
 	)
 	for msg := 1; total < 0 || len(fds) < total; msg++ {
 		m := "message " + itoa(msg)
 		n, oobn, flags, err := recvmsg(c, buf, oob)
 		if err != nil {
-			return fds, nil, wrap(m, err)
+			return fds, nil, 0, wrap(m, err)
 		}
 		got, perr := parseRights(oob[:oobn])
 		fds = append(fds, got...)
 		switch {
 		case flags&syscall.MSG_CTRUNC != 0:
-			return fds, nil, errors.New(m + ": control data truncated (MSG_CTRUNC): descriptors were lost")
+			return fds, nil, 0, errors.New(m + ": control data truncated (MSG_CTRUNC): descriptors were lost")
 		case flags&syscall.MSG_TRUNC != 0:
-			return fds, nil, errors.New(m + ": payload truncated (MSG_TRUNC)")
+			return fds, nil, 0, errors.New(m + ": payload truncated (MSG_TRUNC)")
 		case perr != nil:
-			return fds, nil, wrap(m, perr)
+			return fds, nil, 0, wrap(m, perr)
 		case n == 0 && oobn == 0:
 			if total < 0 {
-				return fds, nil, errors.New("peer closed before sending anything")
+				return fds, nil, 0, errors.New("peer closed before sending anything")
 			}
-			return fds, nil, errors.New("peer closed after " + itoa(len(names)) + " of " + itoa(total) + " sockets")
+			return fds, nil, 0, errors.New("peer closed after " + itoa(len(names)) + " of " + itoa(total) + " sockets")
 		}
 		h, err := decode(buf[:n])
 		if err != nil {
-			return fds, nil, wrap(m, err)
+			return fds, nil, 0, wrap(m, err)
 		}
 		if len(got) != len(h.names) {
-			return fds, nil, errors.New(m + " carries " + itoa(len(got)) + " descriptors, header says " + itoa(len(h.names)))
+			return fds, nil, 0, errors.New(m + " carries " + itoa(len(got)) + " descriptors, header says " + itoa(len(h.names)))
 		}
 		if total < 0 {
-			total = h.total
+			total, hflags = h.total, h.flags
 		} else if h.total != total {
-			return fds, nil, errors.New(m + " says the total is " + itoa(h.total) + ", message 1 said " + itoa(total))
+			return fds, nil, 0, errors.New(m + " says the total is " + itoa(h.total) + ", message 1 said " + itoa(total))
+		} else if h.flags != hflags {
+			return fds, nil, 0, errors.New(m + " has flags 0x" + strconv.FormatUint(uint64(h.flags), 16) + ", message 1 had 0x" + strconv.FormatUint(uint64(hflags), 16))
 		}
 		if h.first != len(names) {
-			return fds, nil, errors.New(m + " starts at socket " + itoa(h.first) + ", expected " + itoa(len(names)))
+			return fds, nil, 0, errors.New(m + " starts at socket " + itoa(h.first) + ", expected " + itoa(len(names)))
 		}
 		names = append(names, h.names...)
 	}
-	return fds, names, nil
+	return fds, names, hflags, nil
 }
 
 func recvmsg(c int, buf, oob []byte) (n, oobn, flags int, err error) {

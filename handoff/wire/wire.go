@@ -15,7 +15,7 @@ import (
 //
 //	magic   [4]byte "SKSH"
 //	version uint8   1
-//	flags   uint8   0 (reserved)
+//	flags   uint8   FlagInterceptBind, or 0; the same in every message
 //	total   uint32  sockets in the whole handoff
 //	first   uint32  index of this message's first socket
 //	count   uint16  sockets (and descriptors) in this message
@@ -42,21 +42,36 @@ const (
 	maxPayload = HeaderLen + MaxFDsPerMessage*(1+MaxNameLen)
 )
 
+// FlagInterceptBind asks the trampoline to install the bind filter before
+// it execs the worker (package trampoline's interceptBind) and to send the
+// filter's listener back over the handoff socket as a handoff of its own:
+// one descriptor named ListenerName, flags 0.
+const FlagInterceptBind = 1 << 0
+
+// ListenerName names the seccomp listener in the trampoline's answer.
+const ListenerName = "seccomp-listener"
+
+// knownFlags are the flags this version understands; any other bit set is
+// an error, so a newer sockshim never meets a trampoline that silently
+// ignores what it asked for.
+const knownFlags = FlagInterceptBind
+
 var magic = [4]byte{'S', 'K', 'S', 'H'}
 
 // header is the decoded payload of one message.
 type header struct {
+	flags        byte
 	total, first int
 	names        []string
 }
 
 // Encode builds the payload of the message that carries the sockets named
-// names, the first of which is socket first of total.
-func Encode(total, first int, names []string) []byte {
+// names, the first of which is socket first of total, with flags.
+func Encode(flags byte, total, first int, names []string) []byte {
 	b := make([]byte, HeaderLen, HeaderLen+len(names)*16)
 	copy(b, magic[:])
 	b[4] = Version
-	b[5] = 0
+	b[5] = flags
 	put32(b[6:], uint32(total))
 	put32(b[10:], uint32(first))
 	b[14], b[15] = byte(len(names)>>8), byte(len(names))
@@ -87,9 +102,10 @@ func decode(b []byte) (header, error) {
 	if b[4] != Version {
 		return h, errors.New("protocol version " + itoa(int(b[4])) + ", want " + itoa(Version) + " (sockshim and its trampoline differ?)")
 	}
-	if b[5] != 0 {
-		return h, errors.New("unknown flags 0x" + strconv.FormatUint(uint64(b[5]), 16))
+	if b[5]&^knownFlags != 0 {
+		return h, errors.New("unknown flags 0x" + strconv.FormatUint(uint64(b[5]&^knownFlags), 16) + " (sockshim and its trampoline differ?)")
 	}
+	h.flags = b[5]
 	total := uint64(get32(b[6:]))
 	first := uint64(get32(b[10:]))
 	count := int(b[14])<<8 | int(b[15])

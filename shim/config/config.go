@@ -80,6 +80,10 @@ type Worker struct {
 	Group        string            // group = "myapp": default the user's primary group
 	Env          map[string]string // env = { APP_ENV = "production" }
 	Dir          string            // dir = "/srv/myapp": working directory
+	// InterceptBind: the worker's bind(2) of an address a socket of the
+	// group is bound to gets that socket instead (package intercept); the
+	// worker gets no LISTEN_FDS.
+	InterceptBind bool // intercept_bind = true; default false
 	// Health-gated promotion: a reload's new workers serve beside the old
 	// ones for PromoteAfter before they replace them (0, the default: at
 	// once), and only if none exited and every health probe passed.

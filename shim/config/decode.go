@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sockshim/sockshim/handoff"
+	"github.com/sockshim/sockshim/handoff/trampoline"
 	"github.com/sockshim/sockshim/internal/unixaddr"
 	"golang.org/x/sys/unix"
 )
@@ -73,7 +74,7 @@ func bareKey(k string) bool {
 var (
 	topKeys     = []string{"listen", "worker", "control", "metrics"}
 	listenKeys  = []string{"name", "address", "mode", "backlog"}
-	workerKeys  = []string{"name", "command", "count", "sockets", "ready", "ready_delay", "ready_command", "ready_timeout", "strategy", "surge", "max_draining", "stop_signal", "reload_signal", "drain_timeout", "reloadable", "user", "group", "env", "dir", "promote_after", "health_command", "health_url", "health_interval"}
+	workerKeys  = []string{"name", "command", "count", "sockets", "ready", "ready_delay", "ready_command", "ready_timeout", "strategy", "surge", "max_draining", "stop_signal", "reload_signal", "drain_timeout", "reloadable", "user", "group", "env", "dir", "intercept_bind", "promote_after", "health_command", "health_url", "health_interval"}
 	controlKeys = []string{"socket"}
 	metricsKeys = []string{"listen", "mode"}
 )
@@ -355,6 +356,8 @@ func (r *reader) worker(path string, t map[string]any, groups int) Worker {
 		Group:        r.str(path+".group", t, "group", ""),
 		Env:          r.strMap(path+".env", t, "env"),
 		Dir:          r.str(path+".dir", t, "dir", ""),
+		// Named for the call it changes, like systemd's keys.
+		InterceptBind: r.bool(path+".intercept_bind", t, "intercept_bind", false),
 	}
 	r.promotion(path, t, &g)
 	if g.Name == "" {
@@ -426,6 +429,14 @@ func (r *reader) worker(path string, t map[string]any, groups int) Worker {
 	if g.Dir != "" {
 		if err := workDir(g.Dir); err != nil {
 			r.errorf(path+".dir", "%v", err)
+		}
+	}
+	if g.InterceptBind {
+		if err := trampoline.InterceptAvailable(); err != nil {
+			r.errorf(path+".intercept_bind", "%v", err)
+		}
+		if g.Sockets != nil && len(g.Sockets) == 0 {
+			r.errorf(path+".intercept_bind", "the group has no sockets (sockets = []): there is nothing a bind could be given")
 		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(g.Env)) {
