@@ -140,6 +140,7 @@ func parseSockaddr(e Endpoint, sa []byte, cwd func() (string, error)) (Endpoint,
 			}
 			e.Path = filepath.Join(dir, e.Path)
 		}
+		e.Path = filepath.Clean(e.Path) // the name the kernel resolves
 	default:
 		return e, false
 	}

@@ -247,6 +247,9 @@ func matchNonblock(fd int, nonblock bool) error {
 // generation. Any other listen proceeds.
 func (s *Server) listen(listener int, n *notif, tid, fd int) error {
 	ino, ok := socketIno(tid, fd)
+	if !ok {
+		s.log.Debug("intercept_bind: listen on a descriptor sockshim cannot read", "worker", s.worker, "pid", tid, "fd", fd)
+	}
 	if ok && idValid(listener, n.id) {
 		for _, h := range s.held {
 			if h.Ino == ino && h.Endpoint.Kind != Datagram {
