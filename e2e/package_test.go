@@ -396,11 +396,48 @@ func testPackageInstall(t *testing.T, rel testenv.Release) {
 		t.Errorf("reloaded worker %s runs with uids %s, want nobody's (65534)", last.pid, got)
 	}
 
-	// 7. Purge leaves nothing but the admin's own files.
+	// 7. A worker that binds its own port (intercept_bind), as nobody, under
+	// the sandbox: the unit's capability set has no CAP_SYS_ADMIN, so the
+	// filter comes with no_new_privs, and sockshim reads the worker's
+	// memory and descriptors through CAP_SYS_PTRACE.
+	bindPort := testenv.FreePort(t)
+	bindURL := fmt.Sprintf("http://127.0.0.1:%d/", bindPort)
+	bindCfg := func(version string) []byte {
+		args := []string{"/usr/local/bin/testworker", "-version", version, "-bind", fmt.Sprintf("127.0.0.1:%d", bindPort)}
+		return []byte(fmt.Sprintf("[[worker]]\nname = \"tw\"\ncommand = %s\ncount = 2\nuser = \"nobody\"\nintercept_bind = true\nready_timeout = \"10s\"\ndrain_timeout = \"10s\"\n", tomlList(args...)))
+	}
+	c.WriteFile(t, "/etc/sockshim/bind.toml", bindCfg("b1"), 0o644)
+	c.WriteFile(t, "/etc/systemd/system/sockshim@bind.socket.d/listen.conf",
+		[]byte(fmt.Sprintf("[Socket]\nListenStream=127.0.0.1:%d\n", bindPort)), 0o644)
+	c.MustExec(t, "systemctl", "daemon-reload")
+	c.MustExec(t, "systemctl", "enable", "--now", "sockshim@bind.socket")
+	if got := get(t, bindURL); got.version != "b1" {
+		t.Fatalf("intercept_bind: first answer %+v", got)
+	}
+	c.WriteFile(t, "/etc/sockshim/bind.toml", bindCfg("b2"), 0o644)
+	res = underLoad(t, load.Options{URL: bindURL, Concurrency: 16}, func() {
+		for range 10 {
+			c.MustExec(t, "systemctl", "reload", "sockshim@bind.service")
+		}
+	})
+	t.Logf("10 reloads, intercept_bind, user = nobody: %s", res)
+	if res.Failed() != 0 {
+		t.Errorf("10 reloads, intercept_bind: %d failed requests: %v %v", res.Failed(), res.Failures, res.Examples)
+	}
+	last = get(t, bindURL)
+	if last.generation != "11" || last.version != "b2" {
+		t.Errorf("after 10 reloads, intercept_bind: %+v, want version b2, generation 11", last)
+	}
+	if status := c.MustExec(t, "sh", "-c", "grep -h NoNewPrivs /proc/"+last.pid+"/status"); !strings.Contains(status, "1") {
+		t.Errorf("intercept_bind worker %s: %s, want no_new_privs set (the unit has no CAP_SYS_ADMIN)", last.pid, status)
+	}
+
+	// 8. Purge leaves nothing but the admin's own files.
 	c.MustExec(t, "apt-get", "purge", "-y", "sockshim")
 	after := listFiles(t, c.Root)
 	admin := []string{"/etc/sockshim", "/etc/sockshim/tw.toml", "/etc/systemd/system/sockshim@tw.socket.d", "/etc/systemd/system/sockshim@tw.socket.d/listen.conf",
-		"/etc/sockshim/nobody.toml", "/etc/systemd/system/sockshim@nobody.socket.d", "/etc/systemd/system/sockshim@nobody.socket.d/listen.conf"}
+		"/etc/sockshim/nobody.toml", "/etc/systemd/system/sockshim@nobody.socket.d", "/etc/systemd/system/sockshim@nobody.socket.d/listen.conf",
+		"/etc/sockshim/bind.toml", "/etc/systemd/system/sockshim@bind.socket.d", "/etc/systemd/system/sockshim@bind.socket.d/listen.conf"}
 	for _, f := range after {
 		if slices.Contains(before, f) || slices.Contains(admin, f) || ephemeral(f) {
 			continue

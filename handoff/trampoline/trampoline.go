@@ -115,6 +115,8 @@ func withoutOwn(env, own []string) ([]string, error) {
 // with it. Every other descriptor above 2 is close-on-exec by then, so the
 // worker starts with exactly stdin, stdout, stderr and its sockets. With no
 // sockets, no LISTEN_* variable is set at all, as sd_listen_fds(3) expects.
+// A handoff with wire.FlagInterceptBind (which carries no sockets) installs
+// the bind filter first, on this thread, and answers with its listener.
 // It returns only on failure.
 func Exec(argv, env []string) error {
 	parent := syscall.Getppid()

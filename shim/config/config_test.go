@@ -29,7 +29,7 @@ func TestFullExample(t *testing.T) {
 			ReadyTimeout: 20 * time.Second, Strategy: StrategyParallel, Surge: 2, MaxDraining: 3,
 			StopSignal: syscall.SIGQUIT, DrainTimeout: 45 * time.Second, Reloadable: true,
 			User: "nobody", Group: "65534", Env: map[string]string{"APP_ENV": "production", "TZ": "UTC"}, Dir: "/tmp",
-			PromoteAfter: 30 * time.Second, HealthCommand: []string{"/usr/bin/curl", "-fsS", "http://127.0.0.1:8080/health"},
+			InterceptBind: true, PromoteAfter: 30 * time.Second, HealthCommand: []string{"/usr/bin/curl", "-fsS", "http://127.0.0.1:8080/health"},
 			HealthInterval: 2 * time.Second,
 		}, {
 			Name: "ws", Command: []string{"/usr/bin/myapp", "--websocket"}, Count: 1, Sockets: []string{"admin"},
@@ -91,6 +91,8 @@ func TestErrors(t *testing.T) {
 		{"uncatchable reload signal", w + "reloadable = false\nreload_signal = \"SIGSTOP\"\n", `app.toml:4: worker[0].reload_signal: SIGSTOP cannot be caught, so a worker could never act on it`},
 		{"unknown reload signal", w + "reloadable = false\nreload_signal = \"SIGRELOAD\"\n", `app.toml:4: worker[0].reload_signal: SIGRELOAD is not a signal name`},
 		{"bad ready", w + "ready = \"maybe\"\n", `app.toml:3: worker[0].ready: "maybe" is not one of notify, delay, command`},
+		{"intercept_bind not a bool", w + "intercept_bind = \"yes\"\n", `app.toml:3: worker[0].intercept_bind: want true or false, got string "yes"`},
+		{"intercept_bind without sockets", w + "sockets = []\nintercept_bind = true\n", `app.toml:4: worker[0].intercept_bind: the group has no sockets (sockets = []): there is nothing a bind could be given`},
 		{"bad strategy", w + "strategy = \"yolo\"\n", `app.toml:3: worker[0].strategy: "yolo" is not one of rolling, parallel`},
 		{"count zero", w + "count = 0\n", `app.toml:3: worker[0].count: 0 is not between 1 and 4096`},
 		{"negative surge", w + "surge = -1\n", `app.toml:3: worker[0].surge: must not be negative`},

@@ -15,6 +15,20 @@ type Held struct {
 	File     *os.File
 	Ino      uint64 // the socket's inode: /proc/PID/fd/N links to socket:[Ino]
 	Endpoint Endpoint
+	// file is the unix socket's file as Describe found it, to tell when a
+	// worker removed it (zero for other sockets, or when it was not there).
+	file fileID
+}
+
+// fileID tells one file from another.
+type fileID struct{ dev, ino uint64 }
+
+func statFile(path string) (fileID, bool) {
+	var st unix.Stat_t
+	if unix.Stat(path, &st) != nil {
+		return fileID{}, false
+	}
+	return fileID{uint64(st.Dev), st.Ino}, true
 }
 
 // Describe reads family, kind, address and inode of each socket. It is
@@ -78,6 +92,9 @@ func describe(fd int, h *Held) error {
 	case *unix.SockaddrUnix:
 		h.Endpoint.Family = Unix
 		h.Endpoint.Path = sa.Name
+		if sa.Name != "" && sa.Name[0] != '@' {
+			h.file, _ = statFile(sa.Name)
+		}
 	default:
 		return fmt.Errorf("address family of %T is none of inet, inet6, unix", sa)
 	}

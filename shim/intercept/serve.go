@@ -19,6 +19,9 @@ type Server struct {
 	// nearMisses holds the addresses already logged as almost right, so that
 	// a server that retries its bind does not flood the log.
 	nearMisses map[Endpoint]bool
+	// lostFiles holds the unix sockets whose file a worker removed, logged
+	// once each.
+	lostFiles map[string]bool
 	// handedOver counts binds answered with a held socket.
 	handedOver int
 }
@@ -26,7 +29,7 @@ type Server struct {
 // NewServer prepares to answer for worker, which may be given the sockets
 // held (its group's).
 func NewServer(worker string, held []Held, log *slog.Logger) *Server {
-	return &Server{worker: worker, held: held, ends: Endpoints(held), log: log, nearMisses: map[Endpoint]bool{}}
+	return &Server{worker: worker, held: held, ends: Endpoints(held), log: log, nearMisses: map[Endpoint]bool{}, lostFiles: map[string]bool{}}
 }
 
 // Serve answers the calls the filter whose listener this is sends, until
@@ -161,9 +164,27 @@ func (s *Server) bind(listener int, n *notif, tid, fd int) error {
 		return err
 	}
 	s.handedOver++
+	s.checkFile(tid, h)
 	s.log.Info("intercept_bind: bind answered with a held socket", "worker", s.worker, "pid", tid, "fd", fd,
 		"asked", asked.String(), "socket", h.Name, "address", h.Endpoint.String())
 	return nil
+}
+
+// checkFile reports a held unix socket whose file is no longer the one it
+// was bound to. Servers commonly remove a stale socket file before they
+// bind (Python's asyncio, gunicorn); here that file was sockshim's socket,
+// and with it gone, no client can connect to the path, whatever the bind
+// then returned. Nothing brings a removed name back to a bound socket.
+func (s *Server) checkFile(tid int, h Held) {
+	if h.file == (fileID{}) || s.lostFiles[h.Name] {
+		return
+	}
+	if now, ok := statFile(h.Endpoint.Path); ok && now == h.file {
+		return
+	}
+	s.lostFiles[h.Name] = true
+	s.log.Error("intercept_bind: the worker removed or replaced the held socket's file before its bind; clients connecting to the path no longer reach the socket: stop the server from removing its socket file, then restart the service",
+		"worker", s.worker, "pid", tid, "socket", h.Name, "path", h.Endpoint.Path)
 }
 
 // readBind reads what bind(fd, addr, addrlen) of tid asks for.

@@ -68,6 +68,11 @@ func helperBinds() int {
 	for spec := range strings.SplitSeq(os.Getenv(bindsEnv), "|") {
 		r := result{Spec: spec}
 		network, addr, _ := strings.Cut(spec, " ")
+		if n, ok := strings.CutSuffix(network, "-unlink"); ok {
+			// A stale-socket cleanup, as many servers do before they bind.
+			network = n
+			os.Remove(addr)
+		}
 		fd, sa, typ, err := helperSocket(network, addr)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, spec+":", err)
@@ -484,6 +489,23 @@ func TestNoBindHangsWithoutSockshim(t *testing.T) {
 		}
 	}
 	w.stop(t)
+}
+
+// TestRemovedSocketFileReported: a server that removes its unix socket's
+// file before it binds removes the held socket's name; it still gets the
+// socket, and the log says what happened and what to do.
+func TestRemovedSocketFileReported(t *testing.T) {
+	dir := workDir(t)
+	held := heldSockets(t, dir)
+	local := heldNamed(t, held, "local")
+	w := startWorker(t, "binds", []string{"unix-unlink s.sock"}, held, nil, dir, nil)
+	if r := w.next(t); r.Bind != "" || r.Ino != local.Ino {
+		t.Errorf("%s: bind %q, inode %d; want the held socket (inode %d)", r.Spec, r.Bind, r.Ino, local.Ino)
+	}
+	w.stop(t)
+	if !strings.Contains(w.log.String(), "the worker removed or replaced the held socket's file before its bind") {
+		t.Errorf("no report of the removed socket file:\n%s", w.log)
+	}
 }
 
 // TestServeLeaksNothing: a worker's whole life through Serve leaves the

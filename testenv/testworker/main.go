@@ -52,6 +52,7 @@ func main() {
 	exitAfterReady := flag.Duration("exit-after-ready", 0, "this long after READY=1, drain as on SIGTERM (every accepted request answered) and exit with status 3: a build that dies soon after it started")
 	healthDir := flag.String("health-dir", "", "write DIR/PID: \"ok\" at READY=1, \"failing\" once -health-fail-after passed (for a health_command that checks this very worker)")
 	shutdownListeners := flag.Bool("shutdown-listeners", false, "on the stop signal, shutdown(2) the inherited listening sockets before draining, as a server does that wakes its accept loop that way (on a shared socket, this ends accepting for every process that holds it)")
+	bind := flag.String("bind", "", "listen on this TCP address itself (net.Listen), as a server that knows nothing of socket activation; with intercept_bind, sockshim's socket")
 	healthFailAfter := flag.Duration("health-fail-after", 0, "with -health-dir: report failing this long after READY=1 (0: never)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("testworker", *version, "pid", os.Getpid())
@@ -75,11 +76,16 @@ func main() {
 	}
 	var lns []net.Listener
 	var err error
-	if *listenFD3 {
+	switch {
+	case *bind != "":
+		var ln net.Listener
+		ln, err = net.Listen("tcp", *bind)
+		lns = []net.Listener{ln}
+	case *listenFD3:
 		var ln net.Listener
 		ln, err = net.FileListener(os.NewFile(3, "fd3"))
 		lns = []net.Listener{ln}
-	} else {
+	default:
 		lns, err = activation.Listeners()
 	}
 	if err != nil {
