@@ -98,9 +98,10 @@ func TestNaiveReloadCutsConnections(t *testing.T) {
 	}
 }
 
-// TestThousandClients: 1,000 clients through the gateway for a few seconds
-// across one reload, on this machine's cores; 200 under the race detector,
-// which slows every process several times, and with -short.
+// TestThousandClients: 1,000 clients through the gateway across one reload
+// of the business group, every client answered by v1 before it and by v2
+// after it, no message lost; 200 clients under the race detector, which slows
+// every process several times, and with -short.
 func TestThousandClients(t *testing.T) {
 	clients := 1000
 	if testenv.RaceEnabled || testing.Short() {
@@ -114,22 +115,28 @@ func TestThousandClients(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second)
-	_, returned := e.reload(gw, biz, "v2")
-	time.Sleep(1500 * time.Millisecond)
+	waitSeen(t, l, "v1", clients)
+	e.reload(gw, biz, "v2")
+	waitSeen(t, l, "v2", clients)
 	res := l.Stop()
 	t.Log(res)
 	if res.ClosedByServer != 0 || res.Lost != 0 || res.Duplicated != 0 || res.Errored != 0 || res.Wrong != 0 || res.Answered != res.Sent {
 		t.Errorf("want every message answered once: %s\n%v", res, res.Examples)
 	}
-	// Logged, not asserted: with many clients, this test's three programs
-	// and the load share the machine's cores, and another test run beside
-	// it delays answers by seconds. TestGatewayAcrossReloads asserts it.
-	t.Logf("%d clients did not see v2 within 1 s of the reload", len(res.NotSeenBy("v2", returned.Add(time.Second))))
-	// At least 10 messages per client and second for the run, give or
-	// take the spread of the first sends.
-	if want := int(9 * res.Elapsed.Seconds() * float64(clients)); res.Sent < want {
-		t.Errorf("sent %d, want at least %d (10 per client per second)", res.Sent, want)
+	// How fast the load ran is logged, not asserted: it measures the
+	// machine as much as the code (BENCHMARKS.md has the figures).
+}
+
+// waitSeen waits until every one of clients has been answered by version on
+// its connection, up to a bound far beyond what a loaded machine needs.
+func waitSeen(t *testing.T, l *Load, version string, clients int) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for l.Seen(version) < clients {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 1 min, %d of %d clients answered by %s", l.Seen(version), clients, version)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
