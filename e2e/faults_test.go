@@ -438,14 +438,15 @@ func settled(t testing.TB, a *app, count int, gone ...int) *statusView {
 }
 
 // shippedSettings returns the shipped unit's settings for what happens when
-// sockshim dies: Restart=, RestartSec=, KillMode=, TimeoutStopSec=.
+// sockshim dies: Restart=, RestartSec=, KillMode=, TimeoutStopSec=,
+// FileDescriptorStoreMax=.
 func shippedSettings(t testing.TB) map[string]string {
 	t.Helper()
 	b, err := os.ReadFile("../units/sockshim@.service")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]string{"Restart": "", "RestartSec": "", "KillMode": "", "TimeoutStopSec": ""}
+	want := map[string]string{"Restart": "", "RestartSec": "", "KillMode": "", "TimeoutStopSec": "", "FileDescriptorStoreMax": ""}
 	for _, line := range strings.Split(string(b), "\n") {
 		if k, v, ok := strings.Cut(line, "="); ok {
 			if _, ok := want[k]; ok {

@@ -18,6 +18,7 @@ import (
 	"github.com/sockshim/sockshim/shim"
 	"github.com/sockshim/sockshim/shim/config"
 	"github.com/sockshim/sockshim/shim/control"
+	"github.com/sockshim/sockshim/shim/fdstore"
 	"github.com/sockshim/sockshim/shim/metrics"
 	"github.com/sockshim/sockshim/shim/sockets"
 )
@@ -126,31 +127,26 @@ func loadOrDefault(path string) (*config.Config, error) {
 	return cfg, nil
 }
 
-// openSockets prefers sockets passed by the service manager, checked against
-// the config, and binds the config's [[listen]] entries otherwise.
+// openSockets takes the sockets passed by the service manager for a config
+// without [[listen]] entries (a .socket unit's), and otherwise opens the
+// entries' sockets, from the manager's fd store where it kept them
+// (sockets.Open).
 func openSockets(cfg *config.Config, log *slog.Logger) ([]handoff.Socket, error) {
 	socks, err := sockets.Inherit()
 	if err != nil {
 		return nil, err
 	}
-	if len(socks) > 0 {
-		if err := sockets.CheckInherited(socks, cfg.ListenNames()); err != nil {
-			sockets.Close(socks)
-			return nil, err
+	if len(cfg.Listen) > 0 {
+		socks, err = sockets.Open(cfg.Listen, socks, fdstore.FromEnv(), log)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", cfg.Path, err)
 		}
-		log.Info("using sockets passed by the service manager", "count", len(socks), "names", sockets.Names(socks))
 		return socks, nil
 	}
-	if len(cfg.Listen) == 0 {
+	if len(socks) == 0 {
 		return nil, fmt.Errorf("%s: no sockets: the config has no [[listen]] entries and the service manager passed none (is the .socket unit enabled?)", cfg.Path)
 	}
-	socks, err = sockets.Bind(cfg.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", cfg.Path, err)
-	}
-	for _, l := range cfg.Listen {
-		log.Info("listening", "name", l.Name, "address", l.Address)
-	}
+	log.Info("using sockets passed by the service manager", "count", len(socks), "names", sockets.Names(socks))
 	return socks, nil
 }
 

@@ -2,6 +2,7 @@ package sockets
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -23,16 +24,7 @@ const defaultBacklog = 65535
 // description, which every worker would then share and many servers do not
 // expect. On error every socket opened so far is closed.
 func Bind(listens []config.Listen) ([]handoff.Socket, error) {
-	var socks []handoff.Socket
-	for _, l := range listens {
-		f, err := bindOne(l)
-		if err != nil {
-			Close(socks)
-			return nil, fmt.Errorf("listen %q (%s): %w", l.Name, l.Address, err)
-		}
-		socks = append(socks, handoff.Socket{Name: l.Name, File: f})
-	}
-	return socks, nil
+	return Open(listens, nil, nil, slog.New(slog.DiscardHandler))
 }
 
 // Close closes every socket's file.
@@ -54,23 +46,40 @@ func bindOne(l config.Listen) (*os.File, error) {
 }
 
 func bindInet(l config.Listen) (*os.File, error) {
+	family, typ, sa, err := inetSockaddr(l)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("SO_REUSEADDR: %w", err)
+	}
+	return finish(fd, sa, typ == unix.SOCK_STREAM, l)
+}
+
+// inetSockaddr is what a tcp or udp [[listen]] entry binds.
+func inetSockaddr(l config.Listen) (family, typ int, sa unix.Sockaddr, err error) {
 	stream := strings.HasPrefix(l.Network, "tcp")
 	var ip net.IP
 	var port int
 	if stream {
 		a, err := net.ResolveTCPAddr(l.Network, l.Addr)
 		if err != nil {
-			return nil, err
+			return 0, 0, nil, err
 		}
 		ip, port = a.IP, a.Port
 	} else {
 		a, err := net.ResolveUDPAddr(l.Network, l.Addr)
 		if err != nil {
-			return nil, err
+			return 0, 0, nil, err
 		}
 		ip, port = a.IP, a.Port
 	}
-	family, sa := unix.AF_INET6, unix.Sockaddr(nil)
+	family = unix.AF_INET6
 	switch {
 	case ip == nil || ip.IsUnspecified() && ip.To4() == nil:
 		// "[::]:80" or ":80": dual-stack, as systemd's BindIPv6Only=default.
@@ -87,19 +96,11 @@ func bindInet(l config.Listen) (*os.File, error) {
 	default:
 		sa = &unix.SockaddrInet6{Port: port, Addr: [16]byte(ip.To16())}
 	}
-	typ := unix.SOCK_DGRAM
+	typ = unix.SOCK_DGRAM
 	if stream {
 		typ = unix.SOCK_STREAM
 	}
-	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("socket: %w", err)
-	}
-	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("SO_REUSEADDR: %w", err)
-	}
-	return finish(fd, sa, stream, l)
+	return family, typ, sa, nil
 }
 
 func bindUnix(l config.Listen) (*os.File, error) {

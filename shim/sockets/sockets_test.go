@@ -11,7 +11,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sockshim/sockshim/handoff"
 	"github.com/sockshim/sockshim/shim/config"
 	"golang.org/x/sys/unix"
 )
@@ -264,22 +263,6 @@ func TestInherit(t *testing.T) {
 				t.Errorf("LISTEN_* left in the environment: %v", r.Env)
 			}
 		})
-	}
-}
-
-func TestCheckInherited(t *testing.T) {
-	passed := []handoff.Socket{{Name: "http"}, {Name: "metrics"}}
-	if err := CheckInherited(passed, nil); err != nil {
-		t.Errorf("a config without [[listen]] must accept any sockets: %v", err)
-	}
-	if err := CheckInherited(passed, []string{"metrics", "http"}); err != nil {
-		t.Errorf("same names in another order: %v", err)
-	}
-	err := CheckInherited(passed, []string{"http", "admin"})
-	for _, want := range []string{"configured but not passed: admin", "passed but not configured: metrics", "FileDescriptorName="} {
-		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("error %v lacks %q", err, want)
-		}
 	}
 }
 
