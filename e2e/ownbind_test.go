@@ -256,6 +256,7 @@ func socketHolders(t *testing.T, inode string) []int {
 	return out
 }
 
+// writeFile writes a file the way a deploy does before a reload.
 func writeFile(t *testing.T, path, text string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
@@ -265,8 +266,8 @@ func writeFile(t *testing.T, path, text string) {
 
 // TestNodeBindsItsOwnPort: Node.js's http server (examples/node), two
 // processes calling server.listen(PORT, HOST) on the socket unit's address.
-// A reload refreshes app.js and VERSION; an app.js with a syntax error is
-// refused.
+// Each reload starts Node afresh, which reads the VERSION file again; an
+// app.js with a syntax error is refused.
 func TestNodeBindsItsOwnPort(t *testing.T) {
 	needProgram(t, "/usr/bin/node", "nodejs")
 	dir := t.TempDir()
