@@ -399,12 +399,13 @@ func testPackageInstall(t *testing.T, rel testenv.Release) {
 	// 7. A worker that binds its own port (intercept_bind), as nobody, under
 	// the sandbox: the unit's capability set has no CAP_SYS_ADMIN, so the
 	// filter comes with no_new_privs, and sockshim reads the worker's
-	// memory and descriptors through CAP_SYS_PTRACE.
+	// memory and descriptors through CAP_SYS_PTRACE, and with ready =
+	// "accepting" what its threads wait on.
 	bindPort := testenv.FreePort(t)
 	bindURL := fmt.Sprintf("http://127.0.0.1:%d/", bindPort)
 	bindCfg := func(version string) []byte {
 		args := []string{"/usr/local/bin/testworker", "-version", version, "-bind", fmt.Sprintf("127.0.0.1:%d", bindPort)}
-		return []byte(fmt.Sprintf("[[worker]]\nname = \"tw\"\ncommand = %s\ncount = 2\nuser = \"nobody\"\nintercept_bind = true\nready_timeout = \"10s\"\ndrain_timeout = \"10s\"\n", tomlList(args...)))
+		return []byte(fmt.Sprintf("[[worker]]\nname = \"tw\"\ncommand = %s\ncount = 2\nuser = \"nobody\"\nintercept_bind = true\nready = \"accepting\"\nready_timeout = \"10s\"\ndrain_timeout = \"10s\"\n", tomlList(args...)))
 	}
 	c.WriteFile(t, "/etc/sockshim/bind.toml", bindCfg("b1"), 0o644)
 	c.WriteFile(t, "/etc/systemd/system/sockshim@bind.socket.d/listen.conf",
