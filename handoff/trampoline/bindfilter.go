@@ -13,6 +13,7 @@ import (
 // architecture.
 const (
 	seccompSetModeFilter    = 1          // SECCOMP_SET_MODE_FILTER
+	seccompFlagSpecAllow    = 1 << 2     // SECCOMP_FILTER_FLAG_SPEC_ALLOW
 	seccompFlagNewListener  = 1 << 3     // SECCOMP_FILTER_FLAG_NEW_LISTENER
 	seccompRetAllow         = 0x7fff0000 // SECCOMP_RET_ALLOW
 	seccompRetUserNotif     = 0x7fc00000 // SECCOMP_RET_USER_NOTIF
@@ -23,6 +24,8 @@ const (
 	bpfJumpIfEqual          = syscall.BPF_JMP | syscall.BPF_JEQ | syscall.BPF_K
 	bpfReturn               = syscall.BPF_RET | syscall.BPF_K
 	errInterceptUnsupported = "intercept_bind is not supported on this architecture"
+
+	filterFlags = seccompFlagNewListener | seccompFlagSpecAllow
 )
 
 // bindFilter is the whole program: bind(2) and listen(2) of this
@@ -48,6 +51,13 @@ func bindFilter() []syscall.SockFilter {
 // worker, so that the worker and everything it forks or execs inherit it,
 // and sends the filter's listener to sockshim over the handoff socket c.
 //
+// SPEC_ALLOW: by default the kernel treats a task that installs a seccomp
+// filter as one to shield from speculative-execution attacks, and where
+// its mitigation mode says "seccomp" (spec_store_bypass_disable= and
+// spectre_v2_user=, the default before Linux 5.16) turns on SSBD and STIBP
+// for it, which slows every instruction the worker runs. This filter
+// sandboxes nothing, so the worker keeps the mitigations it had.
+//
 // Installing a filter needs CAP_SYS_ADMIN or no_new_privs. A worker that
 // has the capability keeps its ability to gain privileges through setuid
 // binaries; any other one gets no_new_privs, which exec keeps for the
@@ -60,7 +70,7 @@ func interceptBind(c int) error {
 	prog := bindFilter()
 	fprog := syscall.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
 	install := func() (int, syscall.Errno) {
-		r, _, e := syscall.RawSyscall(sysSeccomp, seccompSetModeFilter, seccompFlagNewListener, uintptr(unsafe.Pointer(&fprog)))
+		r, _, e := syscall.RawSyscall(sysSeccomp, seccompSetModeFilter, filterFlags, uintptr(unsafe.Pointer(&fprog)))
 		return int(r), e
 	}
 	listener, e := install()
