@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -105,7 +106,7 @@ func serversReport(b *testing.B, bb bins, m *testenv.Manager) string {
 // which intercept_bind answers with the held socket. Rounds alternate
 // between the two, so drift hits both alike.
 func interceptCost(b *testing.B, bb bins, m *testenv.Manager) string {
-	const rounds, round = 6, 4 * time.Second
+	pairs, round := envInt("SOCKSHIM_BENCH_INTERCEPT_PAIRS", 20), 2*time.Second
 	fds := installApp(b, m, bb, "bench-fds", workerConfig(bb, "v1", "rolling", 1, 2))
 	fds.activate(b)
 	// The worker's -bind address is the app's port, which installApp
@@ -115,25 +116,28 @@ func interceptCost(b *testing.B, bb bins, m *testenv.Manager) string {
 	bind.rewrite(b, workerConfig(bb, "v1", "rolling", 1, 2, "-bind", fmt.Sprintf("127.0.0.1:%d", bind.port))+"intercept_bind = true\n")
 	bind.activate(b)
 	var fRes, bRes []*load.Result
-	var pairs []float64
-	for range rounds {
-		f := runLoad(b, fds.url, 16, round, false)
-		bl := runLoad(b, bind.url, 16, round, false)
+	var ratios []float64
+	for i := range pairs {
+		// A, B then B, A: a drift within a pair favours neither.
+		var f, bl *load.Result
+		if i%2 == 0 {
+			f, bl = runLoad(b, fds.url, 16, round, false), runLoad(b, bind.url, 16, round, false)
+		} else {
+			bl, f = runLoad(b, bind.url, 16, round, false), runLoad(b, fds.url, 16, round, false)
+		}
 		for _, r := range []*load.Result{f, bl} {
 			if r.Failed() != 0 {
 				b.Errorf("intercept cost: %d failed requests without any reload: %v %v", r.Failed(), r.Failures, r.Examples)
 			}
 		}
 		fRes, bRes = append(fRes, f), append(bRes, bl)
-		pairs = append(pairs, rate(bl)/rate(f))
+		ratios = append(ratios, rate(bl)/rate(f))
 	}
 	fRate, fP99 := rateP99(fRes)
 	bRate, bP99 := rateP99(bRes)
 	fSup, bSup := status(b, fds.ctl).PID, status(b, bind.ctl).PID
-	lo, hi := pairs[0], pairs[0]
-	for _, p := range pairs {
-		lo, hi = min(lo, p), max(hi, p)
-	}
+	slices.Sort(ratios)
+	quart := func(q int) float64 { return ratios[min(len(ratios)-1, len(ratios)*q/4)] }
 	mib := func(path string) float64 {
 		fi, err := os.Stat(path)
 		if err != nil {
@@ -143,15 +147,16 @@ func interceptCost(b *testing.B, bb bins, m *testenv.Manager) string {
 	}
 	var s strings.Builder
 	fmt.Fprintf(&s, "### What intercept_bind costs a request\n\n"+
-		"The testworker, 2 workers under sockshim, %d interleaved rounds of %s each: once taking `LISTEN_FDS`, once "+
+		"The testworker, 2 workers under sockshim, %d pairs of rounds of %s, the pair's order alternating: once taking `LISTEN_FDS`, once "+
 		"binding 127.0.0.1:PORT itself (`-bind`, Go's `net.Listen`) with `intercept_bind = true`, which gives it the held "+
 		"socket. The filter matches only `bind` and `listen`; every other call of the worker, each request's included, "+
-		"runs as without it.\n\n", rounds, round)
+		"runs as without it. Requests per second are the rounds' requests over their time; p99 is the median of the rounds'.\n\n", pairs, round)
 	s.WriteString("| worker gets its socket by | requests/s | p99 latency | sockshim RSS |\n|---|---|---|---|\n")
 	fmt.Fprintf(&s, "| `LISTEN_FDS` | %.0f | %s | %d KiB |\n", fRate, fP99, rssKiB(fSup))
 	fmt.Fprintf(&s, "| its own `bind(2)`, intercept_bind | %.0f | %s | %d KiB |\n", bRate, bP99, rssKiB(bSup))
-	fmt.Fprintf(&s, "| **ratio intercept_bind / LISTEN_FDS** | **%.3f** (rounds: %.3f to %.3f) | **%.2f** | |\n\n",
-		bRate/fRate, lo, hi, float64(bP99)/float64(fP99))
+	fmt.Fprintf(&s, "| **ratio intercept_bind / LISTEN_FDS** | **%.3f** | **%.2f** | |\n\n", bRate/fRate, float64(bP99)/float64(fP99))
+	fmt.Fprintf(&s, "The ratio of each pair's rates: median %.3f, quartiles %.3f and %.3f, range %.3f to %.3f.\n\n",
+		quart(2), quart(1), quart(3), ratios[0], ratios[len(ratios)-1])
 	fmt.Fprintf(&s, "Binaries as the harness builds them (static, not stripped): sockshim %.1f MiB, %s (the trampoline, which installs the filter) %.1f MiB.\n\n",
 		mib(bb.sockshim), handoff.BinaryName, mib(filepath.Join(filepath.Dir(bb.sockshim), handoff.BinaryName)))
 	m.MustSystemctl(b, "stop", "bench-fds.service", "bench-fds.socket", "bench-bind.service", "bench-bind.socket")
@@ -161,15 +166,17 @@ func interceptCost(b *testing.B, bb bins, m *testenv.Manager) string {
 // rate is a run's requests per second.
 func rate(r *load.Result) float64 { return float64(r.Requests) / r.Elapsed.Seconds() }
 
-// serverReloads is how many reloads each server gets under load in the
-// comparison (the issue's figures are of 5).
+// serverReloadCount is how many reloads each server gets under load in
+// the comparison (the issue's figures are of 5).
 func serverReloadCount() int { return envInt("SOCKSHIM_BENCH_SERVER_RELOADS", 5) }
 
 // brokenWait is how long after a broken deploy's reload returned the
 // comparison asks whether anything answers.
 const brokenWait = 3 * time.Second
 
-// reloader is one server under one way of reloading it.
+// reloader is one server under one way of reloading it. Every server runs
+// as a service of the same user manager, so that each competes with the
+// load client from a CPU cgroup of its own, as sockshim's workers do.
 type reloader struct {
 	name   string
 	url    string
@@ -183,36 +190,48 @@ type reloader struct {
 // reloadFigures is what n reloads under load measured.
 type reloadFigures struct {
 	name           string
+	steadyRate     float64
 	steady         time.Duration
 	res            *load.Result
 	returned, gone []time.Duration // per reload: until the command returned; until the old processes exited
 	refused        int             // reload commands that exited non-zero
 }
 
-// reloadSeriesOf measures the steady p99, then does n reloads in a row
-// under load, each a new release: the command, then a wait until every
-// process it replaces has exited.
-func reloadSeriesOf(b *testing.B, r reloader, n int) reloadFigures {
-	o := load.Options{URL: r.url, Concurrency: 16}
-	f := reloadFigures{name: r.name, steady: steadyP99(b, o)}
-	f.res = underLoad(b, o, func() {
-		for i := 2; i <= n+1; i++ {
-			r.deploy(i)
-			old := r.old()
-			start := time.Now()
-			if out, err := r.reload(); err != nil {
-				f.refused++
-				b.Logf("%s: reload to release %d: %v\n%s", r.name, i, err, out)
-			}
-			f.returned = append(f.returned, time.Since(start))
-			awaitExit(b, old)
-			f.gone = append(f.gone, time.Since(start))
+// compareReloads measures every server's steady state in interleaved
+// rounds, then gives each, one after the other, n reloads in a row under
+// load, each a new release: the command, then a wait until every process
+// it replaced has exited.
+func compareReloads(b *testing.B, rs []reloader, n int) []reloadFigures {
+	steady := make([][]*load.Result, len(rs))
+	for range steadyRounds {
+		for i, r := range rs {
+			steady[i] = append(steady[i], runLoad(b, r.url, 16, steadyRound, false))
 		}
-	})
-	if r.ours && (f.res.Failed() != 0 || f.refused != 0) {
-		b.Errorf("%s: %d reloads refused, %d failed requests: %v %v", r.name, f.refused, f.res.Failed(), f.res.Failures, f.res.Examples)
 	}
-	return f
+	var out []reloadFigures
+	for i, r := range rs {
+		f := reloadFigures{name: r.name}
+		f.steadyRate, f.steady = rateP99(steady[i])
+		f.res = underLoad(b, load.Options{URL: r.url, Concurrency: 16}, func() {
+			for rel := 2; rel <= n+1; rel++ {
+				r.deploy(rel)
+				old := r.old()
+				start := time.Now()
+				if out, err := r.reload(); err != nil {
+					f.refused++
+					b.Logf("%s: reload to release %d: %v\n%s", r.name, rel, err, out)
+				}
+				f.returned = append(f.returned, time.Since(start))
+				awaitExit(b, old)
+				f.gone = append(f.gone, time.Since(start))
+			}
+		})
+		if r.ours && (f.res.Failed() != 0 || f.refused != 0) {
+			b.Errorf("%s: %d reloads refused, %d failed requests: %v %v", r.name, f.refused, f.res.Failed(), f.res.Failures, f.res.Examples)
+		}
+		out = append(out, f)
+	}
+	return out
 }
 
 // brokenFigures is what a broken deploy did.
@@ -270,14 +289,14 @@ func probe(url string) string {
 
 // comparisonTables writes the reload table and the broken-deploy table.
 func comparisonTables(s *strings.Builder, n int, rows []reloadFigures, broken []brokenFigures) {
-	fmt.Fprintf(s, "| case | reloads | requests | failed | longest gap | p99 steady | p99 during reloads | reload command returned p50 / max | → replaced processes exited p50 / max |\n|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(s, "| case | requests/s steady | p99 steady | reloads | requests | failed | longest gap | p99 during reloads | reload command returned p50 / max | → replaced processes exited p50 / max |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, f := range rows {
 		reloads := strconv.Itoa(n)
 		if f.refused > 0 {
 			reloads = fmt.Sprintf("%d (%d refused)", n, f.refused)
 		}
-		fmt.Fprintf(s, "| %s | %s | %d | %s | %s | %s | %s | %s / %s | %s / %s |\n", f.name, reloads, f.res.Requests, failedCell(f.res),
-			f.res.LongestGap.Round(time.Millisecond), f.steady, f.res.P99.Round(10*time.Microsecond),
+		fmt.Fprintf(s, "| %s | %.0f | %s | %s | %d | %s | %s | %s | %s / %s | %s / %s |\n", f.name, f.steadyRate, f.steady, reloads,
+			f.res.Requests, failedCell(f.res), f.res.LongestGap.Round(time.Millisecond), f.res.P99.Round(10*time.Microsecond),
 			pct(f.returned, 50), pct(f.returned, 100), pct(f.gone, 50), pct(f.gone, 100))
 	}
 	fmt.Fprintf(s, "\n| broken deploy: reload of a release that cannot start | reload command's exit status | returned after | requests from the reload to %s after | failed | a request %s after the reload returned | then |\n|---|---|---|---|---|---|---|\n", brokenWait, brokenWait)
@@ -287,29 +306,66 @@ func comparisonTables(s *strings.Builder, n int, rows []reloadFigures, broken []
 	s.WriteString("\n")
 }
 
+// sockshimReloader reloads app a (unit a.name) with `systemctl reload`;
+// the processes a reload replaces are sockshim's children.
+func sockshimReloader(b *testing.B, m *testenv.Manager, a *app, name string, deploy func(i int)) reloader {
+	sup := status(b, a.ctl).PID
+	return reloader{
+		name: name, url: a.url, deploy: deploy, ours: true,
+		reload: func() (string, error) { return m.Systemctl("reload", a.name+".service") },
+		old:    func() []int { return children(sup) },
+		state:  func() string { return "sockshim status: " + status(b, a.ctl).Line },
+	}
+}
+
+// checkRefused asserts that sockshim refused a broken deploy: the reload
+// failed, the generation before it serves, and no request failed.
+func checkRefused(b *testing.B, a *app, gen int, f brokenFigures) {
+	if now := status(b, a.ctl).Generation; f.exit == "0" || now != gen || f.res.Failed() != 0 || !strings.HasPrefix(f.answer, "200,") {
+		b.Errorf("%s: broken deploy: reload exit %s, generation %d (was %d), %s, then %s; want the reload refused and generation %d serving, no failed request",
+			f.name, f.exit, now, gen, f.res, f.answer, gen)
+	}
+}
+
+// children are pid's child processes, none when it has gone.
+func children(pid int) []int {
+	c, _ := procfs.Children(pid)
+	return c
+}
+
+// writeFile replaces path's content atomically, as a deploy would.
+func writeFile(tb testing.TB, path, content string) {
+	tb.Helper()
+	if err := os.WriteFile(path+".new", []byte(content), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.Rename(path+".new", path); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// needFile fails the benchmark when a program it compares against is not
+// installed.
+func needFile(tb testing.TB, path, pkg string) {
+	tb.Helper()
+	if _, err := os.Stat(path); err != nil {
+		tb.Fatalf("%s not found: apt-get install %s", path, pkg)
+	}
+}
+
 // pm2Version is the pm2 that nodeComparison installs from the npm registry.
 const pm2Version = "7.0.4"
 
 // nodeComparison reloads examples/node/app.js under pm2's cluster mode
 // (with pm2's stop signal and with the one app.js drains on) and under
 // sockshim with intercept_bind, then deploys a release that does not parse
-// to each.
+// to pm2 and to sockshim.
 func nodeComparison(b *testing.B, bb bins, m *testenv.Manager) string {
 	n := serverReloadCount()
 	needFile(b, "/usr/bin/node", "nodejs")
 	pm2Bin := installPM2(b)
-	var rows []reloadFigures
-	var broken []brokenFigures
-	for _, sig := range []string{"", "SIGTERM"} {
-		dir := nodeRelease(b)
-		p := startPM2(b, pm2Bin, dir, sig)
-		r := p.reloader(b, dir)
-		rows = append(rows, reloadSeriesOf(b, r, n))
-		if sig == "SIGTERM" {
-			broken = append(broken, brokenDeploy(b, r, func() { breakNode(b, dir) }))
-		}
-		p.kill(b)
-	}
+	pm2Default := startPM2(b, m, pm2Bin, "bench-pm2", "")
+	pm2Term := startPM2(b, m, pm2Bin, "bench-pm2-term", "SIGTERM")
 
 	dir := nodeRelease(b)
 	a := installApp(b, m, bb, "bench-node", "")
@@ -319,28 +375,30 @@ func nodeComparison(b *testing.B, bb bins, m *testenv.Manager) string {
 	}
 	a.rewrite(b, strings.NewReplacer("/srv/myapp", dir, "8080", strconv.Itoa(a.port)).Replace(string(cfg)))
 	a.activate(b)
-	r := sockshimReloader(b, m, a, "sockshim, examples/node/node.toml (intercept_bind = true, 2 workers), `systemctl reload`",
+	shim := sockshimReloader(b, m, a, "sockshim, examples/node/node.toml (intercept_bind = true, 2 workers), `systemctl reload`",
 		func(i int) { writeFile(b, filepath.Join(dir, "VERSION"), fmt.Sprintf("v%d\n", i)) })
-	rows = append(rows, reloadSeriesOf(b, r, n))
+
+	rows := compareReloads(b, []reloader{pm2Default.reloader(b), pm2Term.reloader(b), shim}, n)
+	broken := []brokenFigures{brokenDeploy(b, pm2Term.reloader(b), func() { breakNode(b, pm2Term.dir) })}
 	gen := status(b, a.ctl).Generation
-	bf := brokenDeploy(b, r, func() { breakNode(b, dir) })
-	if bf.exit == "0" || status(b, a.ctl).Generation != gen || bf.res.Failed() != 0 || !strings.HasPrefix(bf.answer, "200,") {
-		b.Errorf("%s: broken deploy: reload exit %s, generation %d (was %d), %s, then %s; want the reload refused and generation %d serving, no failed request",
-			r.name, bf.exit, status(b, a.ctl).Generation, gen, bf.res, bf.answer, gen)
-	}
-	broken = append(broken, bf)
+	broken = append(broken, brokenDeploy(b, shim, func() { breakNode(b, dir) }))
+	checkRefused(b, a, gen, broken[1])
+	pm2Default.stop(b)
+	pm2Term.stop(b)
 	m.MustSystemctl(b, "stop", "bench-node.service", "bench-node.socket")
 
 	var s strings.Builder
 	fmt.Fprintf(&s, "### Node.js: pm2's cluster mode and sockshim\n\n"+
 		"[`examples/node/app.js`](examples/node/app.js), the same file for both: it calls `server.listen(PORT, HOST)` and, on SIGTERM, "+
-		"`server.close()`. pm2 %s from the npm registry, installed by the harness (`npm install --prefix DIR pm2@%s`), its daemon in a "+
-		"`PM2_HOME` of its own: `pm2 start app.js -i 2` (cluster mode, 2 instances), then `pm2 reload app`, which stops each old "+
-		"instance with SIGINT (pm2's default: app.js does not handle it, so Node exits at once) or, with `PM2_KILL_SIGNAL=SIGTERM`, with "+
-		"the signal app.js drains on. sockshim: [`examples/node/node.toml`](examples/node/node.toml) as it is, under a systemd user "+
-		"manager. Every reload is a new release (the VERSION file app.js reads at start); the next one begins once every process the "+
-		"last one replaced has exited. The broken release is app.js with a stray `}` on its first line, which does not parse.\n\n",
-		pm2Version, pm2Version)
+		"`server.close()`. pm2 %s from the npm registry, installed by the harness (`npm install --prefix DIR pm2@%s`); its daemon "+
+		"runs as a service of the same user manager as sockshim (`Type=forking`, as `pm2 startup` writes it), with a `PM2_HOME` of its own. "+
+		"`pm2 start app.js -i 2` (cluster mode: pm2's daemon accepts and hands each connection to one of 2 instances), then "+
+		"`pm2 reload app` run by the harness, which stops each old instance with SIGINT (pm2's default: app.js does not handle it, so "+
+		"Node exits at once) or, with `PM2_KILL_SIGNAL=SIGTERM`, with the signal app.js drains on. sockshim: "+
+		"[`examples/node/node.toml`](examples/node/node.toml) as it is. The steady rounds (%d of %s each) alternate between the three; "+
+		"then each gets %d reloads in a row, each a new release (the VERSION file app.js reads at start), the next begun once every "+
+		"process the last one replaced has exited. The broken release is app.js with a stray `}` on its first line, which does not parse.\n\n",
+		pm2Version, pm2Version, steadyRounds, steadyRound, n)
 	comparisonTables(&s, n, rows, broken)
 	return s.String()
 }
@@ -368,26 +426,6 @@ func breakNode(b *testing.B, dir string) {
 	writeFile(b, filepath.Join(dir, "app.js"), "} // a broken release: this file does not parse\n"+string(good))
 }
 
-// writeFile replaces path's content atomically, as a deploy would.
-func writeFile(tb testing.TB, path, content string) {
-	tb.Helper()
-	if err := os.WriteFile(path+".new", []byte(content), 0o644); err != nil {
-		tb.Fatal(err)
-	}
-	if err := os.Rename(path+".new", path); err != nil {
-		tb.Fatal(err)
-	}
-}
-
-// needFile fails the benchmark when a program it compares against is not
-// installed.
-func needFile(tb testing.TB, path, pkg string) {
-	tb.Helper()
-	if _, err := os.Stat(path); err != nil {
-		tb.Fatalf("%s not found: apt-get install %s", path, pkg)
-	}
-}
-
 // installPM2 installs pm2Version with npm into a scratch directory and
 // returns its command.
 func installPM2(b *testing.B) string {
@@ -411,60 +449,71 @@ func installPM2(b *testing.B) string {
 	return filepath.Join(dir, "node_modules", ".bin", "pm2")
 }
 
-// pm2 is one pm2 daemon the benchmark started, with its app.
+// pm2 is one pm2 daemon, a service of the user manager, with app.js.
 type pm2 struct {
+	m         *testenv.Manager
+	unit      string
 	bin, home string
+	dir       string // app.js and VERSION
 	env       []string
 	url       string
-	daemon    int // 0 once killed
+	daemon    int // its pid; 0 once stopped
 	name      string
 }
 
-// startPM2 starts a pm2 daemon in a PM2_HOME of its own, and dir's app.js
-// in cluster mode, 2 instances, on a free loopback port; killSignal is
-// PM2_KILL_SIGNAL ("": pm2's default, SIGINT).
-func startPM2(b *testing.B, bin, dir, killSignal string) *pm2 {
+// startPM2 starts unit, a pm2 daemon in a PM2_HOME of its own, and
+// app.js of a release directory of its own in cluster mode, 2 instances,
+// on a free loopback port; killSignal is PM2_KILL_SIGNAL ("": pm2's
+// default, SIGINT).
+func startPM2(b *testing.B, m *testenv.Manager, bin, unit, killSignal string) *pm2 {
 	port := testenv.FreePort(b)
-	p := &pm2{bin: bin, home: b.TempDir(), url: fmt.Sprintf("http://127.0.0.1:%d/", port),
+	p := &pm2{m: m, unit: unit, bin: bin, home: b.TempDir(), dir: nodeRelease(b), url: fmt.Sprintf("http://127.0.0.1:%d/", port),
 		name: "pm2 " + pm2Version + " cluster mode, 2 instances, `pm2 reload`, stop signal SIGINT (pm2's default)"}
-	p.env = append(os.Environ(), "PM2_HOME="+p.home, "HOST=127.0.0.1", "PORT="+strconv.Itoa(port))
+	env := []string{"PM2_HOME=" + p.home, "HOST=127.0.0.1", "PORT=" + strconv.Itoa(port)}
 	if killSignal != "" {
-		p.env = append(p.env, "PM2_KILL_SIGNAL="+killSignal)
+		env = append(env, "PM2_KILL_SIGNAL="+killSignal)
 		p.name = "pm2 " + pm2Version + " cluster mode, 2 instances, `pm2 reload`, `PM2_KILL_SIGNAL=" + killSignal + "`"
 	}
-	b.Cleanup(func() { p.kill(b) })
-	if out, err := p.run("start", filepath.Join(dir, "app.js"), "-i", "2", "--name", "app"); err != nil {
-		b.Fatalf("pm2 start: %v\n%s", err, out)
-	}
-	raw, err := os.ReadFile(filepath.Join(p.home, "pm2.pid"))
-	if err == nil {
-		p.daemon, err = strconv.Atoi(strings.TrimSpace(string(raw)))
-	}
-	if err != nil {
-		b.Fatalf("pm2's daemon pid: %v", err)
-	}
+	p.env = append(os.Environ(), env...)
+	// The daemon forks away from `pm2 start`, which returns once the app
+	// is started; PIDFile names it to systemd.
+	m.WriteUnit(b, unit+".service", fmt.Sprintf(`[Unit]
+Description=pm2 for the benchmark
+[Service]
+Type=forking
+Environment=%s
+PIDFile=%s
+ExecStart=%s start %s -i 2 --name app
+ExecStop=%s kill
+TimeoutStartSec=60
+TimeoutStopSec=30
+`, strings.Join(env, " "), filepath.Join(p.home, "pm2.pid"), bin, filepath.Join(p.dir, "app.js"), bin))
+	b.Cleanup(func() { p.stop(b) })
+	m.MustSystemctl(b, "start", unit+".service")
+	p.daemon = m.MainPID(b, unit+".service")
 	waitFor(b, 30*time.Second, "pm2's app to answer", func() bool { return strings.HasPrefix(probe(p.url), "200,") })
 	return p
 }
 
-func (p *pm2) run(args ...string) (string, error) {
-	cmd := exec.Command(p.bin, args...)
-	cmd.Env = p.env
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
-// reloader reloads the app with `pm2 reload`; the processes a reload
-// replaces are the daemon's children, which are the app's instances.
-func (p *pm2) reloader(b *testing.B, dir string) reloader {
+// reloader reloads the app with `pm2 reload`, run as a deploy would run
+// it; the processes a reload replaces are the daemon's children, which
+// are the app's instances.
+func (p *pm2) reloader(b *testing.B) reloader {
 	return reloader{
 		name:   p.name,
 		url:    p.url,
-		deploy: func(i int) { writeFile(b, filepath.Join(dir, "VERSION"), fmt.Sprintf("v%d\n", i)) },
-		reload: func() (string, error) { return p.run("reload", "app") },
-		old:    func() []int { return children(p.daemon) },
+		deploy: func(i int) { writeFile(b, filepath.Join(p.dir, "VERSION"), fmt.Sprintf("v%d\n", i)) },
+		reload: func() (string, error) {
+			cmd := exec.Command(p.bin, "reload", "app")
+			cmd.Env = p.env
+			out, err := cmd.CombinedOutput()
+			return string(out), err
+		},
+		old: func() []int { return children(p.daemon) },
 		state: func() string {
-			out, err := p.run("jlist")
+			cmd := exec.Command(p.bin, "jlist")
+			cmd.Env = p.env
+			out, err := cmd.Output()
 			var procs []struct {
 				PID int `json:"pid"`
 				Env struct {
@@ -473,7 +522,7 @@ func (p *pm2) reloader(b *testing.B, dir string) reloader {
 				} `json:"pm2_env"`
 			}
 			if err == nil {
-				err = json.Unmarshal([]byte(out), &procs)
+				err = json.Unmarshal(out, &procs)
 			}
 			if err != nil {
 				return fmt.Sprintf("pm2 jlist: %v", err)
@@ -487,45 +536,24 @@ func (p *pm2) reloader(b *testing.B, dir string) reloader {
 	}
 }
 
-// kill stops the daemon with `pm2 kill`, then kills by pid whatever of it
-// and its children is left after 10 s.
-func (p *pm2) kill(tb testing.TB) {
+// stop stops the service (`pm2 kill`, then systemd ends what is left in
+// its cgroup) and makes sure the daemon and its instances are gone,
+// killing by pid whatever survived.
+func (p *pm2) stop(tb testing.TB) {
 	if p.daemon == 0 {
 		return
 	}
 	procs := append(testenv.Descendants(p.daemon), p.daemon)
-	if out, err := p.run("kill"); err != nil {
-		tb.Logf("pm2 kill: %v\n%s", err, out)
+	if out, err := p.m.Systemctl("stop", p.unit+".service"); err != nil {
+		tb.Logf("stopping %s: %v\n%s", p.unit, err, out)
 	}
-	deadline := time.Now().Add(10 * time.Second)
 	for _, pid := range procs {
-		for testenv.Alive(pid) && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
 		if testenv.Alive(pid) {
-			tb.Logf("pm2 kill left pid %d; killing it", pid)
+			tb.Logf("pm2 process %d outlived its service; killing it", pid)
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
 	p.daemon = 0
-}
-
-// children are pid's child processes, none when it has gone.
-func children(pid int) []int {
-	c, _ := procfs.Children(pid)
-	return c
-}
-
-// sockshimReloader reloads app a (unit a.name) with `systemctl reload`;
-// the processes a reload replaces are sockshim's children.
-func sockshimReloader(b *testing.B, m *testenv.Manager, a *app, name string, deploy func(i int)) reloader {
-	sup := status(b, a.ctl).PID
-	return reloader{
-		name: name, url: a.url, deploy: deploy, ours: true,
-		reload: func() (string, error) { return m.Systemctl("reload", a.name+".service") },
-		old:    func() []int { return children(sup) },
-		state:  func() string { return "sockshim status: " + status(b, a.ctl).Line },
-	}
 }
 
 // nginxComparison reloads examples/nginx under nginx's own reload and
@@ -544,61 +572,37 @@ func nginxComparison(b *testing.B, bb bins, m *testenv.Manager) string {
 		return func() { writeFile(b, filepath.Join(dir, "release.conf"), "add_header X-Version broken always\n") }
 	}
 
-	dir := b.TempDir()
+	// nginx alone, as a service of the same manager: the master in the
+	// foreground (nginx.conf says daemon off) is the main process.
+	ownDir := b.TempDir()
 	port := testenv.FreePort(b)
-	nginxRelease(b, dir, port)
-	pidFile := filepath.Join(dir, "nginx.pid")
-	conf := []string{"-c", filepath.Join(dir, "nginx.conf"), "-g", "pid " + pidFile + ";"}
-	master := exec.Command("/usr/sbin/nginx", conf...)
-	logf, err := os.Create(filepath.Join(dir, "error.log"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer logf.Close()
-	master.Stdout, master.Stderr = logf, logf
-	if err := master.Start(); err != nil {
-		b.Fatalf("nginx: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() { master.Wait(); close(exited) }()
-	stopMaster := func() {
-		select {
-		case <-exited:
-			return
-		default:
-		}
-		workers := children(master.Process.Pid)
-		master.Process.Signal(syscall.SIGQUIT) // nginx's graceful stop
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			b.Logf("nginx master %d still there 10 s after SIGQUIT; killing it and its workers", master.Process.Pid)
-			for _, pid := range append(workers, master.Process.Pid) {
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
-			<-exited
-		}
-	}
-	b.Cleanup(stopMaster)
+	nginxRelease(b, ownDir, port)
+	args := fmt.Sprintf("-c %s -g \"pid %s;\"", filepath.Join(ownDir, "nginx.conf"), filepath.Join(ownDir, "nginx.pid"))
+	m.WriteUnit(b, "bench-nginx-own.service", fmt.Sprintf(`[Unit]
+Description=nginx alone for the benchmark
+[Service]
+ExecStart=/usr/sbin/nginx %s
+KillSignal=SIGQUIT
+KillMode=mixed
+TimeoutStopSec=30
+`, args))
+	m.MustSystemctl(b, "start", "bench-nginx-own.service")
+	master := m.MainPID(b, "bench-nginx-own.service")
 	own := reloader{
 		name:   nginxVersion(b) + " alone, `nginx -s reload`",
 		url:    fmt.Sprintf("http://127.0.0.1:%d/", port),
-		deploy: release(dir),
+		deploy: release(ownDir),
 		reload: func() (string, error) {
-			out, err := exec.Command("/usr/sbin/nginx", append(conf, "-s", "reload")...).CombinedOutput()
+			out, err := exec.Command("/usr/sbin/nginx", "-c", filepath.Join(ownDir, "nginx.conf"),
+				"-g", "pid "+filepath.Join(ownDir, "nginx.pid")+";", "-s", "reload").CombinedOutput()
 			return string(out), err
 		},
-		old: func() []int { return children(master.Process.Pid) },
-		state: func() string {
-			return fmt.Sprintf("master pid %d, workers %v", master.Process.Pid, children(master.Process.Pid))
-		},
+		old:   func() []int { return children(master) },
+		state: func() string { return fmt.Sprintf("master pid %d, workers %v", master, children(master)) },
 	}
 	waitFor(b, 10*time.Second, "nginx to answer", func() bool { return strings.HasPrefix(probe(own.url), "200,") })
-	rows := []reloadFigures{reloadSeriesOf(b, own, n)}
-	broken := []brokenFigures{brokenDeploy(b, own, breakIt(dir))}
-	stopMaster()
 
-	dir = b.TempDir()
+	dir := b.TempDir()
 	a := installApp(b, m, bb, "bench-nginx", "")
 	nginxRelease(b, dir, a.port)
 	cfg, err := os.ReadFile("../examples/nginx/nginx.toml")
@@ -607,25 +611,24 @@ func nginxComparison(b *testing.B, bb bins, m *testenv.Manager) string {
 	}
 	a.rewrite(b, strings.ReplaceAll(string(cfg), "/srv/myapp", dir))
 	a.activate(b)
-	r := sockshimReloader(b, m, a, "sockshim, examples/nginx/nginx.toml (intercept_bind = true, 1 master), `systemctl reload`", release(dir))
-	rows = append(rows, reloadSeriesOf(b, r, n))
+	shim := sockshimReloader(b, m, a, "sockshim, examples/nginx/nginx.toml (intercept_bind = true, 1 master), `systemctl reload`", release(dir))
+
+	rows := compareReloads(b, []reloader{own, shim}, n)
+	broken := []brokenFigures{brokenDeploy(b, own, breakIt(ownDir))}
 	gen := status(b, a.ctl).Generation
-	bf := brokenDeploy(b, r, breakIt(dir))
-	if bf.exit == "0" || status(b, a.ctl).Generation != gen || bf.res.Failed() != 0 || !strings.HasPrefix(bf.answer, "200,") {
-		b.Errorf("%s: broken deploy: reload exit %s, generation %d (was %d), %s, then %s; want the reload refused and generation %d serving, no failed request",
-			r.name, bf.exit, status(b, a.ctl).Generation, gen, bf.res, bf.answer, gen)
-	}
-	broken = append(broken, bf)
-	m.MustSystemctl(b, "stop", "bench-nginx.service", "bench-nginx.socket")
+	broken = append(broken, brokenDeploy(b, shim, breakIt(dir)))
+	checkRefused(b, a, gen, broken[1])
+	m.MustSystemctl(b, "stop", "bench-nginx-own.service", "bench-nginx.service", "bench-nginx.socket")
 
 	var s strings.Builder
-	s.WriteString("### nginx: its own reload and sockshim\n\n" +
-		"Debian's nginx-light, [`examples/nginx/nginx.conf`](examples/nginx/nginx.conf) for both (2 worker processes, `return 200`), " +
-		"its `listen` on the benchmark's port. Alone: the master started by the harness in the foreground, reloaded with " +
-		"`nginx -s reload` (SIGHUP: the master reads the config again, starts new workers and tells the old ones to finish). " +
-		"sockshim: [`examples/nginx/nginx.toml`](examples/nginx/nginx.toml) as it is, under a systemd user manager; a reload starts a " +
-		"new master. Every reload is a new release.conf (an `add_header` with the release's version); the next one begins once " +
-		"every process the last one replaced has exited. The broken release.conf lacks the `;` at the end of its directive.\n\n")
+	fmt.Fprintf(&s, "### nginx: its own reload and sockshim\n\n"+
+		"Debian's nginx-light, [`examples/nginx/nginx.conf`](examples/nginx/nginx.conf) for both (2 worker processes, `return 200`), "+
+		"its `listen` on the benchmark's port. Alone: the master in the foreground as a service of the same user manager, reloaded with "+
+		"`nginx -s reload` run by the harness (SIGHUP: the master reads the config again, starts new workers and tells the old ones "+
+		"to finish). sockshim: [`examples/nginx/nginx.toml`](examples/nginx/nginx.toml) as it is; a reload starts a new master. "+
+		"The steady rounds (%d of %s each) alternate between the two; then each gets %d reloads in a row, each a new release.conf "+
+		"(an `add_header` with the release's version), the next begun once every process the last one replaced has exited. The broken "+
+		"release.conf lacks the `;` at the end of its directive.\n\n", steadyRounds, steadyRound, n)
 	comparisonTables(&s, n, rows, broken)
 	return s.String()
 }
