@@ -3,19 +3,42 @@ package shim
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/sockshim/sockshim/handoff"
+	"github.com/sockshim/sockshim/internal/acceptwait"
 	"github.com/sockshim/sockshim/shim/core"
 )
 
 // probeInterval is the pause between two runs of a ready_command.
 const probeInterval = 200 * time.Millisecond
+
+// errReadyTimeout is why a readiness probe ended when the worker's
+// ready_timeout passed: then, and only then, the probe says what it saw
+// last. Stopped for any other reason (ready, exited, let go), the worker's
+// own event says what happened.
+var errReadyTimeout = errors.New("ready_timeout passed")
+
+// probeContext bounds a readiness probe by timeout; its cancel takes
+// errReadyTimeout when the core says the ready_timeout passed (which it
+// may see first), nil otherwise.
+func probeContext(timeout time.Duration) (context.Context, context.CancelCauseFunc) {
+	parent, cancel := context.WithCancelCause(context.Background())
+	ctx, stop := context.WithTimeoutCause(parent, timeout, errReadyTimeout)
+	return ctx, func(cause error) { cancel(cause); stop() }
+}
+
+// timedOut reports whether a probe's ctx ended at the ready_timeout.
+func timedOut(ctx context.Context) bool { return errors.Is(context.Cause(ctx), errReadyTimeout) }
 
 // probeLoop runs the ready_command until it exits 0 or ctx ends (the
 // ready_timeout passed, or the machine gave up on the worker), and then logs
@@ -42,15 +65,85 @@ func (s *Supervisor) probeLoop(ctx context.Context, e core.StartProbe) {
 		case <-ctx.Done():
 		}
 		if ctx.Err() != nil {
-			if lastErr != nil {
-				// The ready_timeout (or exit) event reports the failure;
-				// this adds why the probe kept failing.
+			if lastErr != nil && timedOut(ctx) {
+				// The ready_timeout event reports the failure; this
+				// adds why the probe kept failing.
 				s.log.Warn("ready_command never succeeded", "worker", e.Config.Name+"["+strconv.Itoa(e.Slot)+"]",
 					"pid", e.PID, "err", lastErr, "output", lastOut)
 			}
 			return
 		}
 	}
+}
+
+// The accept watch looks at once and then less and less often: a server
+// usually waits for connections within milliseconds of its start, and each
+// look reads /proc for each of the worker's processes and threads.
+const (
+	acceptFirstPoll = 5 * time.Millisecond
+	acceptMaxPoll   = 100 * time.Millisecond
+)
+
+// acceptLoop is ready = "accepting": it reports the worker ready once its
+// processes (members) wait for connections on every one of socks that they
+// hold, and hold at least one (internal/acceptwait). When the ready_timeout
+// passes first, it says which sockets had no process waiting, since the
+// timeout alone does not tell a slow start from a socket the server never
+// serves.
+func (s *Supervisor) acceptLoop(ctx context.Context, e core.StartProbe, members func() []int, socks []handoff.Socket) {
+	names, ids := map[string]string{}, map[string]bool{}
+	for _, sock := range socks {
+		id, err := socketID(sock)
+		if err != nil {
+			// Never ready, then: the ready_timeout reports the worker.
+			s.log.Error("ready = accepting: cannot watch the worker", "worker", e.Config.Name+"["+strconv.Itoa(e.Slot)+"]", "err", err)
+			return
+		}
+		names[id], ids[id] = sock.Name, true
+	}
+	var last acceptwait.Report
+	var lastErr error
+	for poll := acceptFirstPoll; ; poll = min(2*poll, acceptMaxPoll) {
+		var pids []int
+		if members != nil {
+			pids = members()
+		}
+		last, lastErr = acceptwait.Scan(pids, ids)
+		if lastErr == nil && last.Accepting() {
+			s.post(core.Probed{Worker: e.Worker})
+			return
+		}
+		select {
+		case <-time.After(poll):
+		case <-ctx.Done():
+		}
+		if ctx.Err() == nil {
+			continue
+		}
+		if timedOut(ctx) {
+			s.log.Warn("ready = accepting: the worker did not wait for connections on every socket it took over",
+				append([]any{"worker", e.Config.Name + "[" + strconv.Itoa(e.Slot) + "]", "pid", e.PID}, acceptDiagnosis(last, lastErr, names)...)...)
+		}
+		return
+	}
+}
+
+// acceptDiagnosis says what the last look of an accept watch saw, as log
+// attributes.
+func acceptDiagnosis(r acceptwait.Report, err error, names map[string]string) []any {
+	if err != nil {
+		return []any{"err", err}
+	}
+	if len(r.Held) == 0 {
+		all := slices.Sorted(maps.Values(names))
+		return []any{"held", "none", "sockets", all, "hint", "it did not bind or take any of them (with intercept_bind, does it bind the address the socket is bound to?)"}
+	}
+	var idle []string
+	for _, id := range r.Idle() {
+		idle = append(idle, names[id])
+	}
+	slices.Sort(idle)
+	return []any{"not_waited_on", idle}
 }
 
 // probeEnv is what a ready_command or health_command sees besides

@@ -27,27 +27,36 @@ const (
 	releaseMaxPoll   = 100 * time.Millisecond
 )
 
-// socketIDs returns the sockets as /proc/PID/fd links name them
-// ("socket:[INODE]"). fstat goes through SyscallConn: Fd() would switch
-// the shared sockets to blocking mode for every process.
+// socketIDs returns the sockets as /proc/PID/fd links name them.
 func socketIDs(socks []handoff.Socket) (map[string]bool, error) {
 	ids := map[string]bool{}
 	for _, s := range socks {
-		raw, err := s.File.SyscallConn()
+		id, err := socketID(s)
 		if err != nil {
-			return nil, fmt.Errorf("socket %s: %w", s.Name, err)
+			return nil, err
 		}
-		var st unix.Stat_t
-		var serr error
-		if err := raw.Control(func(fd uintptr) { serr = unix.Fstat(int(fd), &st) }); err != nil {
-			return nil, fmt.Errorf("socket %s: %w", s.Name, err)
-		}
-		if serr != nil {
-			return nil, fmt.Errorf("socket %s: fstat: %w", s.Name, serr)
-		}
-		ids[fmt.Sprintf("socket:[%d]", st.Ino)] = true
+		ids[id] = true
 	}
 	return ids, nil
+}
+
+// socketID returns the name /proc/PID/fd links give the socket
+// ("socket:[INODE]"). fstat goes through SyscallConn: Fd() would switch the
+// shared socket to blocking mode for every process.
+func socketID(s handoff.Socket) (string, error) {
+	raw, err := s.File.SyscallConn()
+	if err != nil {
+		return "", fmt.Errorf("socket %s: %w", s.Name, err)
+	}
+	var st unix.Stat_t
+	var serr error
+	if err := raw.Control(func(fd uintptr) { serr = unix.Fstat(int(fd), &st) }); err != nil {
+		return "", fmt.Errorf("socket %s: %w", s.Name, err)
+	}
+	if serr != nil {
+		return "", fmt.Errorf("socket %s: fstat: %w", s.Name, serr)
+	}
+	return fmt.Sprintf("socket:[%d]", st.Ino), nil
 }
 
 // awaitRelease waits until none of the processes members returns (the

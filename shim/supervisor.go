@@ -75,7 +75,7 @@ type Supervisor struct {
 	notes      [][]string       // the step's Notify lines, sent together so they can be packed
 	procs      map[core.WorkerID]*proc
 	timers     map[core.TimerID]*time.Timer
-	probes     map[core.WorkerID]context.CancelFunc
+	probes     map[core.WorkerID]context.CancelCauseFunc
 	waiters    map[core.WaiterID]*reloadWaiter
 	lastWaiter core.WaiterID
 }
@@ -125,7 +125,7 @@ func New(o Options) (*Supervisor, error) {
 		m:          core.New(o.Config),
 		procs:      map[core.WorkerID]*proc{},
 		timers:     map[core.TimerID]*time.Timer{},
-		probes:     map[core.WorkerID]context.CancelFunc{},
+		probes:     map[core.WorkerID]context.CancelCauseFunc{},
 		waiters:    map[core.WaiterID]*reloadWaiter{},
 	}
 	if s.log == nil {
@@ -335,16 +335,24 @@ func (s *Supervisor) apply(e core.Effect) {
 			delete(s.timers, e.Timer)
 		}
 	case core.StartProbe:
-		ctx, cancel := context.WithTimeout(context.Background(), e.Config.ReadyTimeout)
+		ctx, cancel := probeContext(e.Config.ReadyTimeout)
 		s.probes[e.Worker] = cancel
-		go s.probeLoop(ctx, e)
+		if e.Config.Ready == config.ReadyAccepting {
+			go s.acceptLoop(ctx, e, s.membersOf([]core.WorkerID{e.Worker}), sockets.Select(s.sockets, e.Config.Sockets))
+		} else {
+			go s.probeLoop(ctx, e)
+		}
 	case core.StartHealth:
-		ctx, cancel := context.WithCancel(context.Background())
+		ctx, cancel := context.WithCancelCause(context.Background())
 		s.probes[e.Worker] = cancel
 		go s.healthLoop(ctx, e)
 	case core.StopProbe:
 		if cancel := s.probes[e.Worker]; cancel != nil {
-			cancel()
+			var cause error
+			if e.TimedOut {
+				cause = errReadyTimeout
+			}
+			cancel(cause)
 			delete(s.probes, e.Worker)
 		}
 	case core.Notify:
@@ -387,26 +395,12 @@ func (s *Supervisor) apply(e core.Effect) {
 
 // awaitRelease waits, off Run's goroutine, until the draining workers and
 // everything they started no longer hold a listening socket (see
-// release.go): the members of their cgroups, or of their process groups
-// when they have no cgroup of their own.
+// release.go).
 func (s *Supervisor) awaitRelease(e core.AwaitRelease) {
-	var pgids []int
-	var dirs []string
-	for _, id := range e.Workers {
-		if p := s.procs[id]; p != nil {
-			pgids = append(pgids, p.pid)
-			if p.cg != nil {
-				dirs = append(dirs, p.cg.Dir)
-			}
-		}
-	}
-	if len(pgids) == 0 || s.socketIDs == nil {
+	members := s.membersOf(e.Workers)
+	if members == nil || s.socketIDs == nil {
 		s.queue = append(s.queue, core.Released{Gen: e.Gen})
 		return
-	}
-	members := func() []int { return groupMembers(pgids) }
-	if len(dirs) == len(pgids) {
-		members = func() []int { return cgroupMembers(dirs) }
 	}
 	ids := s.socketIDs
 	go func() {
@@ -414,6 +408,31 @@ func (s *Supervisor) awaitRelease(e core.AwaitRelease) {
 		held := awaitRelease(members, ids, releaseTimeout)
 		s.post(core.Released{Gen: e.Gen, Held: held, Took: time.Since(start)})
 	}()
+}
+
+// membersOf returns a function that lists the live processes of the
+// workers ids, safe to call off Run's goroutine: the members of their
+// cgroups, or of their process groups when they have no cgroup of their
+// own. It is nil when none of them runs.
+func (s *Supervisor) membersOf(ids []core.WorkerID) func() []int {
+	var pgids []int
+	var dirs []string
+	for _, id := range ids {
+		if p := s.procs[id]; p != nil {
+			pgids = append(pgids, p.pid)
+			if p.cg != nil {
+				dirs = append(dirs, p.cg.Dir)
+			}
+		}
+	}
+	switch {
+	case len(pgids) == 0:
+		return nil
+	case len(dirs) == len(pgids):
+		return func() []int { return cgroupMembers(dirs) }
+	default:
+		return func() []int { return groupMembers(pgids) }
+	}
 }
 
 // socketShutDown reports a held socket that a process holding it shut down

@@ -1,5 +1,6 @@
 // Package procfs reads what sockshim and its tests need to know about
-// processes from /proc: state, parent, process group and open descriptors.
+// processes from /proc: state, parent, process group, open descriptors and,
+// with ptrace access, memory.
 package procfs
 
 import (
@@ -7,6 +8,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Stat is the part of /proc/PID/stat that is read here.
@@ -166,4 +169,22 @@ func FDs(pid int) (map[int]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// ReadMemory copies n bytes at addr of process (or thread) pid, with
+// process_vm_readv: it needs ptrace access to pid. What it returns is a
+// moment's copy of memory the process may change at any time.
+func ReadMemory(pid int, addr uintptr, n int) ([]byte, error) {
+	buf := make([]byte, n)
+	local := []unix.Iovec{{Base: &buf[0]}}
+	local[0].SetLen(n)
+	remote := []unix.RemoteIovec{{Base: addr, Len: n}}
+	got, err := unix.ProcessVMReadv(pid, local, remote, 0)
+	if err != nil {
+		return nil, fmt.Errorf("process_vm_readv: %w", err)
+	}
+	if got != n {
+		return nil, fmt.Errorf("process_vm_readv: %d of %d bytes", got, n)
+	}
+	return buf, nil
 }

@@ -48,7 +48,14 @@ const (
 	ReadyNotify  ReadyMode = "notify"  // the worker sends READY=1 (sd_notify)
 	ReadyDelay   ReadyMode = "delay"   // ready_delay after start; a guess
 	ReadyCommand ReadyMode = "command" // ready_command exits 0
+	// ReadyAccepting: a process of the worker waits for connections on
+	// every socket of its group that it holds (internal/acceptwait).
+	ReadyAccepting ReadyMode = "accepting"
 )
+
+// Probed reports whether sockshim itself finds out, by watching, that a
+// worker in this mode serves: a ready_command run, or the accept watch.
+func (r ReadyMode) Probed() bool { return r == ReadyCommand || r == ReadyAccepting }
 
 // Strategy says how a reload replaces a group's workers.
 type Strategy string
@@ -65,7 +72,7 @@ type Worker struct {
 	Command      []string          // command = ["/usr/bin/myapp", "--serve"]; required
 	Count        int               // count = 4; default 1
 	Sockets      []string          // sockets = ["http"]; default (nil) all sockets
-	Ready        ReadyMode         // ready = "notify" (default) | "delay" | "command"
+	Ready        ReadyMode         // ready = "notify" (default) | "delay" | "command" | "accepting"
 	ReadyDelay   time.Duration     // ready_delay = "1s" (default), for ready = "delay"
 	ReadyCommand []string          // ready_command = [...], required for ready = "command"
 	ReadyTimeout time.Duration     // ready_timeout = "30s" (default)

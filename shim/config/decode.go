@@ -377,16 +377,19 @@ func (r *reader) worker(path string, t map[string]any, groups int) Worker {
 		r.errorf(path+".count", "%d is not between 1 and %d", g.Count, MaxCount)
 	}
 	switch g.Ready {
-	case ReadyNotify, ReadyDelay:
+	case ReadyNotify, ReadyDelay, ReadyAccepting:
 	case ReadyCommand:
 		if len(g.ReadyCommand) == 0 || g.ReadyCommand[0] == "" {
 			r.errorf(path+".ready_command", `required with ready = "command"`)
 		}
 	default:
-		r.errorf(path+".ready", "%q is not one of notify, delay, command", g.Ready)
+		r.errorf(path+".ready", "%q is not one of notify, delay, command, accepting", g.Ready)
 	}
 	if g.Ready != ReadyCommand && g.ReadyCommand != nil {
 		r.errorf(path+".ready_command", `is only used with ready = "command" (ready is %q)`, g.Ready)
+	}
+	if g.Ready == ReadyAccepting && g.Sockets != nil && len(g.Sockets) == 0 {
+		r.errorf(path+".ready", `"accepting" needs a socket to wait on, and the group has none (sockets = [])`)
 	}
 	if g.Ready == ReadyDelay && g.ReadyDelay >= g.ReadyTimeout {
 		r.errorf(path+".ready_delay", "%s is not shorter than ready_timeout (%s)", g.ReadyDelay, g.ReadyTimeout)

@@ -45,8 +45,9 @@ type SetTimer struct {
 // CancelTimer says a timer is moot; the machine ignores it if it fires.
 type CancelTimer struct{ Timer TimerID }
 
-// StartProbe runs the worker's ready_command until it succeeds (Probed) or
-// StopProbe; the worker's ready_timeout bounds it in any case.
+// StartProbe watches for the worker's readiness, by its ready_command or
+// (ready = "accepting") by what its processes wait on, until it is ready
+// (Probed) or StopProbe; the worker's ready_timeout bounds it in any case.
 type StartProbe struct {
 	Worker WorkerID
 	PID    int
@@ -66,8 +67,13 @@ type StartHealth struct {
 	Config config.Worker
 }
 
-// StopProbe ends a probe started by StartProbe or StartHealth.
-type StopProbe struct{ Worker WorkerID }
+// StopProbe ends a probe started by StartProbe or StartHealth. TimedOut
+// says the worker's ready_timeout passed, so that a probe can say what it
+// saw last; otherwise the worker became ready, exited or was let go.
+type StopProbe struct {
+	Worker   WorkerID
+	TimedOut bool
+}
 
 // Notify sends lines to the service manager. Monotonic asks for a
 // MONOTONIC_USEC= line read from the host's clock (RELOADING=1 wants one).
@@ -119,7 +125,12 @@ func (e SetTimer) String() string {
 }
 func (e CancelTimer) String() string { return fmt.Sprintf("cancel t%d", e.Timer) }
 func (e StartProbe) String() string  { return fmt.Sprintf("probe w%d pid %d", e.Worker, e.PID) }
-func (e StopProbe) String() string   { return fmt.Sprintf("stop probe w%d", e.Worker) }
+func (e StopProbe) String() string {
+	if e.TimedOut {
+		return fmt.Sprintf("stop probe w%d (timed out)", e.Worker)
+	}
+	return fmt.Sprintf("stop probe w%d", e.Worker)
+}
 func (e StartHealth) String() string {
 	return fmt.Sprintf("health probe w%d pid %d every %s", e.Worker, e.PID, e.Config.HealthInterval)
 }

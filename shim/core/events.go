@@ -49,7 +49,8 @@ type Notified struct {
 	Msg    notify.Message
 }
 
-// Probed: the worker's ready_command exited 0.
+// Probed: the worker's ready_command exited 0, or (ready = "accepting") its
+// processes wait for connections on every socket of its group they hold.
 type Probed struct{ Worker WorkerID }
 
 // HealthChecked: one run of a baking worker's health probe ended; Err is

@@ -94,7 +94,7 @@ func (m *Machine) Step(now time.Time, ev Event) []Effect {
 			m.onNotify(w, ev.Msg)
 		}
 	case Probed:
-		if w := m.find(ev.Worker); w != nil && w.state == Starting && w.cfg.Ready == config.ReadyCommand {
+		if w := m.find(ev.Worker); w != nil && w.state == Starting && w.cfg.Ready.Probed() {
 			m.markReady(w)
 		}
 	case HealthChecked:
@@ -245,7 +245,7 @@ func (m *Machine) onSpawned(w *worker, pid int) {
 	switch w.cfg.Ready {
 	case config.ReadyDelay:
 		w.delayTimer = m.setTimer(w.cfg.ReadyDelay, timer{kind: readyDelay, w: w})
-	case config.ReadyCommand:
+	case config.ReadyCommand, config.ReadyAccepting:
 		w.probing = true
 		m.emit(StartProbe{Worker: w.id, PID: pid, Slot: w.slot, Gen: w.gen, Config: w.cfg})
 	}
@@ -257,7 +257,7 @@ func (m *Machine) stopReadiness(w *worker) {
 	m.cancelTimer(&w.delayTimer)
 	if w.probing {
 		w.probing = false
-		m.emit(StopProbe{Worker: w.id})
+		m.emit(StopProbe{Worker: w.id, TimedOut: w.timedOut})
 	}
 }
 
@@ -423,6 +423,7 @@ func (m *Machine) onReadyTimeout(w *worker) {
 	m.log(slog.LevelError, "worker not ready within ready_timeout, stopping it", "worker", w, "pid", w.pid,
 		"generation", w.gen, "ready", w.cfg.Ready, "ready_timeout", w.cfg.ReadyTimeout)
 	w.failure = fmt.Sprintf("not ready within ready_timeout (%s)", w.cfg.ReadyTimeout)
+	w.timedOut = true
 	if w.role == candidate {
 		m.failCause(CauseReadyTimeout)
 		m.rolloutFailed(w)

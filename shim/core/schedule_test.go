@@ -211,7 +211,7 @@ func randomConfig(rng *rand.Rand) *config.Config {
 		}
 		w := config.Worker{
 			Name: name, Command: []string{name}, Count: 1 + rng.IntN(4),
-			Ready:      []config.ReadyMode{config.ReadyNotify, config.ReadyNotify, config.ReadyDelay, config.ReadyCommand}[rng.IntN(4)],
+			Ready:      []config.ReadyMode{config.ReadyNotify, config.ReadyNotify, config.ReadyDelay, config.ReadyCommand, config.ReadyAccepting}[rng.IntN(5)],
 			ReadyDelay: time.Duration(1+rng.IntN(3)) * time.Second, ReadyTimeout: time.Duration(5+rng.IntN(30)) * time.Second,
 			Strategy:    []config.Strategy{config.StrategyRolling, config.StrategyParallel}[rng.IntN(2)],
 			Surge:       rng.IntN(3),
@@ -539,7 +539,7 @@ func (w *world) progressEvent() Event {
 		switch {
 		case p.readyMode == config.ReadyNotify:
 			return Notified{Worker: id, Msg: notify.Message{PID: 1000 + int(id), Fields: []notify.Field{{Key: "READY", Value: "1"}}}}
-		case p.readyMode == config.ReadyCommand && p.probing:
+		case p.readyMode.Probed() && p.probing:
 			return Probed{Worker: id}
 		}
 	}

@@ -53,6 +53,7 @@ type worker struct {
 
 	readyTimer, delayTimer, drainTimer TimerID
 	probing                            bool
+	timedOut                           bool // its ready_timeout passed
 
 	killed  string   // why sockshim SIGKILLed it
 	failure string   // why it failed, for the reload's answer

@@ -23,22 +23,6 @@ import (
 // longer address with EINVAL, so sockshim need not read one.
 const maxSockaddr = 128
 
-// readMemory copies n bytes at addr of thread tid.
-func readMemory(tid int, addr uintptr, n int) ([]byte, error) {
-	buf := make([]byte, n)
-	local := []unix.Iovec{{Base: &buf[0]}}
-	local[0].SetLen(n)
-	remote := []unix.RemoteIovec{{Base: addr, Len: n}}
-	got, err := unix.ProcessVMReadv(tid, local, remote, 0)
-	if err != nil {
-		return nil, fmt.Errorf("process_vm_readv: %w", err)
-	}
-	if got != n {
-		return nil, fmt.Errorf("process_vm_readv: %d of %d bytes", got, n)
-	}
-	return buf, nil
-}
-
 // fdPath is where /proc shows descriptor fd of thread tid.
 func fdPath(tid, fd int) string {
 	return "/proc/" + strconv.Itoa(tid) + "/fd/" + strconv.Itoa(fd)

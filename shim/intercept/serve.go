@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"syscall"
 
+	"github.com/sockshim/sockshim/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -201,7 +202,7 @@ func (s *Server) readBind(tid, fd int, addr uintptr, addrlen int) (Endpoint, boo
 	if !ok {
 		return Endpoint{}, false
 	}
-	sa, err := readMemory(tid, addr, addrlen)
+	sa, err := procfs.ReadMemory(tid, addr, addrlen)
 	if err != nil {
 		s.log.Debug("intercept_bind: cannot read the address of a bind", "worker", s.worker, "pid", tid, "err", err)
 		return Endpoint{}, false

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -53,6 +54,8 @@ func main() {
 	healthDir := flag.String("health-dir", "", "write DIR/PID: \"ok\" at READY=1, \"failing\" once -health-fail-after passed (for a health_command that checks this very worker)")
 	shutdownListeners := flag.Bool("shutdown-listeners", false, "on the stop signal, shutdown(2) the inherited listening sockets before draining, as a server does that wakes its accept loop that way (on a shared socket, this ends accepting for every process that holds it)")
 	bind := flag.String("bind", "", "listen on this TCP address itself (net.Listen), as a server that knows nothing of socket activation; with intercept_bind, sockshim's socket")
+	acceptAfter := flag.Duration("accept-after", 0, "with -bind: bind and listen at once, with no Go listener, then wait this long before serving: a server that binds early and accepts late (its socket joins the Go runtime's epoll set only when it serves)")
+	acceptMarks := flag.String("accept-marks", "", "write DIR/PID just before the listeners are made (with -accept-after, once the wait is over), for a test that checks readiness was not said early")
 	healthFailAfter := flag.Duration("health-fail-after", 0, "with -health-dir: report failing this long after READY=1 (0: never)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("testworker", *version, "pid", os.Getpid())
@@ -77,7 +80,12 @@ func main() {
 	var lns []net.Listener
 	var err error
 	switch {
+	case *bind != "" && *acceptAfter > 0:
+		var ln net.Listener
+		ln, err = bindEarly(*bind, *acceptAfter, *acceptMarks, log)
+		lns = []net.Listener{ln}
 	case *bind != "":
+		mark(*acceptMarks, log)
 		var ln net.Listener
 		ln, err = net.Listen("tcp", *bind)
 		lns = []net.Listener{ln}
@@ -197,6 +205,51 @@ wait:
 }
 
 // shutdown calls shutdown(2) on each listener's socket.
+// bindEarly binds and listens on the TCP address with bare system calls,
+// waits, and only then makes the Go listener, which adds the socket to the
+// runtime's epoll set: until then no thread of the process waits on it.
+func bindEarly(addr string, wait time.Duration, marks string, log *slog.Logger) (net.Listener, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("-bind %s: %w", addr, err)
+	}
+	var sa unix.Sockaddr
+	family := unix.AF_INET
+	if ap.Addr().Is4() {
+		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	} else {
+		family = unix.AF_INET6
+		sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("bind %s: %w", addr, err)
+	}
+	if err := unix.Listen(fd, 4096); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	time.Sleep(wait)
+	mark(marks, log)
+	f := os.NewFile(uintptr(fd), addr)
+	defer f.Close()
+	return net.FileListener(f)
+}
+
+// mark writes DIR/PID (-accept-marks), when DIR is set.
+func mark(dir string, log *slog.Logger) {
+	if dir == "" {
+		return
+	}
+	if err := os.WriteFile(filepath.Join(dir, strconv.Itoa(os.Getpid())), nil, 0o644); err != nil {
+		log.Error("accept mark", "err", err)
+	}
+}
+
 func shutdown(lns []net.Listener, log *slog.Logger) {
 	for _, l := range lns {
 		sc, ok := l.(syscall.Conn)
