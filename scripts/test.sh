@@ -20,7 +20,8 @@ FUZZ_EXECS=${FUZZ_EXECS:-300000}
 need_pkgs=()
 for pair in unshare:util-linux nsenter:util-linux systemctl:systemd systemd-analyze:systemd \
 	systemd-nspawn:systemd-container debootstrap:debootstrap lintian:lintian rpmlint:rpmlint \
-	rpm:rpm man:man-db runuser:util-linux git:git gunicorn:gunicorn lighttpd:lighttpd ss:iproute2; do
+	rpm:rpm man:man-db runuser:util-linux git:git gunicorn:gunicorn lighttpd:lighttpd ss:iproute2 \
+	node:nodejs nginx:nginx-light; do
 	command -v "${pair%%:*}" >/dev/null || need_pkgs+=("${pair#*:}")
 done
 [ -x /usr/lib/systemd/systemd ] || need_pkgs+=(systemd)
