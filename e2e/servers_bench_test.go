@@ -100,44 +100,102 @@ func serversReport(b *testing.B, bb bins, m *testenv.Manager) string {
 	return s.String()
 }
 
-// interceptCost runs the same testworker under the same load, in two
-// sockshim apps of 2 workers that differ only in how the worker gets its
-// socket: LISTEN_FDS, or its own net.Listen (-bind) of the held address,
-// which intercept_bind answers with the held socket. Rounds alternate
-// between the two, so drift hits both alike.
+// interceptArm is one way of running the testworker in interceptCost.
+type interceptArm struct {
+	what    string
+	a       *app
+	url     string // where the load goes
+	workers []int
+	res     []*load.Result
+	cpu     time.Duration // the workers' CPU time over all rounds
+}
+
+// interceptCost runs the same testworker under the same load in four
+// sockshim apps. Two pairs, each differing in one thing only: 2 workers
+// that take the held socket by LISTEN_FDS, or by their own net.Listen
+// (-bind) of the held address, which intercept_bind answers with the held
+// socket; and 1 worker that binds a port sockshim does not hold, with the
+// filter installed (intercept_bind, the bind proceeds as asked) or
+// without. Rounds rotate through the four, so drift hits all alike.
 func interceptCost(b *testing.B, bb bins, m *testenv.Manager) string {
-	pairs, round := envInt("SOCKSHIM_BENCH_INTERCEPT_PAIRS", 20), 2*time.Second
-	fds := installApp(b, m, bb, "bench-fds", workerConfig(bb, "v1", "rolling", 1, 2))
-	fds.activate(b)
-	// The worker's -bind address is the app's port, which installApp
-	// picks; sockshim reads its config only when the first connection
-	// starts it.
-	bind := installApp(b, m, bb, "bench-bind", "")
-	bind.rewrite(b, workerConfig(bb, "v1", "rolling", 1, 2, "-bind", fmt.Sprintf("127.0.0.1:%d", bind.port))+"intercept_bind = true\n")
-	bind.activate(b)
-	var fRes, bRes []*load.Result
-	var ratios []float64
-	for i := range pairs {
-		// A, B then B, A: a drift within a pair favours neither.
-		var f, bl *load.Result
-		if i%2 == 0 {
-			f, bl = runLoad(b, fds.url, 16, round, false), runLoad(b, bind.url, 16, round, false)
-		} else {
-			bl, f = runLoad(b, bind.url, 16, round, false), runLoad(b, fds.url, 16, round, false)
+	rounds, round := envInt("SOCKSHIM_BENCH_INTERCEPT_ROUNDS", 12), 2*time.Second
+	held := func(unit string, intercept bool) *app {
+		a := installApp(b, m, bb, unit, "")
+		// The -bind address is the app's port, which installApp picks;
+		// sockshim reads its config only when the first connection
+		// starts it.
+		cfg := workerConfig(bb, "v1", "rolling", 1, 2)
+		if intercept {
+			cfg = workerConfig(bb, "v1", "rolling", 1, 2, "-bind", fmt.Sprintf("127.0.0.1:%d", a.port)) + "intercept_bind = true\n"
 		}
-		for _, r := range []*load.Result{f, bl} {
-			if r.Failed() != 0 {
-				b.Errorf("intercept cost: %d failed requests without any reload: %v %v", r.Failed(), r.Failures, r.Examples)
+		a.rewrite(b, cfg)
+		a.activate(b)
+		return a
+	}
+	// own binds a port of its own: no connection reaches the held socket,
+	// so the service is started, not socket-activated.
+	own := func(unit string, intercept bool) (*app, string) {
+		port := testenv.FreePort(b)
+		a := installApp(b, m, bb, unit, "")
+		cfg := workerConfig(bb, "v1", "rolling", 1, 1, "-bind", fmt.Sprintf("127.0.0.1:%d", port))
+		if intercept {
+			cfg += "intercept_bind = true\n"
+		}
+		a.rewrite(b, cfg)
+		m.MustSystemctl(b, "start", unit+".service")
+		url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+		waitFor(b, a.upWithin(b), unit+" to answer", func() bool { return strings.HasPrefix(probe(url), "200,") })
+		return a, url
+	}
+	arms := []*interceptArm{
+		{what: "2 workers, the held socket by `LISTEN_FDS`", a: held("bench-fds", false)},
+		{what: "2 workers, the held socket by their own `bind(2)`, intercept_bind", a: held("bench-bind", true)},
+		{what: "1 worker, its own socket on a port sockshim does not hold, no filter"},
+		{what: "1 worker, the same, with intercept_bind's filter (its bind matches nothing and proceeds)"},
+	}
+	arms[2].a, arms[2].url = own("bench-own", false)
+	arms[3].a, arms[3].url = own("bench-own-filter", true)
+	for _, arm := range arms[:2] {
+		arm.url = arm.a.url
+	}
+	for _, arm := range arms {
+		arm.workers = children(status(b, arm.a.ctl).PID)
+	}
+	// restart gives an arm new processes: a ratio of the same few
+	// processes all along would rest on where the scheduler happened to
+	// place them. (A reload would not do for the arms on a port of their
+	// own: the new worker's bind would find the old one's socket.)
+	restart := func(arm *interceptArm) {
+		m.MustSystemctl(b, "restart", arm.a.name+".service")
+		waitFor(b, arm.a.upWithin(b), arm.a.name+" to answer", func() bool { return strings.HasPrefix(probe(arm.url), "200,") })
+		arm.workers = children(status(b, arm.a.ctl).PID)
+	}
+	pairs := [][2]*interceptArm{{arms[0], arms[1]}, {arms[2], arms[3]}}
+	ratios := make([][]float64, len(pairs))
+	for i := range rounds {
+		// Restarts come after every len(arms) rounds: each set of
+		// processes sees every order of the rotation once.
+		if i > 0 && i%len(arms) == 0 {
+			for _, arm := range arms {
+				restart(arm)
 			}
 		}
-		fRes, bRes = append(fRes, f), append(bRes, bl)
-		ratios = append(ratios, rate(bl)/rate(f))
+		got := map[*interceptArm]*load.Result{}
+		for k := range arms {
+			arm := arms[(i+k)%len(arms)]
+			before := cpuOf(b, arm.workers)
+			res := runLoad(b, arm.url, 16, round, false)
+			arm.cpu += cpuOf(b, arm.workers) - before
+			if res.Failed() != 0 {
+				b.Errorf("intercept cost, %s: %d failed requests without any reload: %v %v", arm.what, res.Failed(), res.Failures, res.Examples)
+			}
+			arm.res = append(arm.res, res)
+			got[arm] = res
+		}
+		for p, pair := range pairs {
+			ratios[p] = append(ratios[p], rate(got[pair[1]])/rate(got[pair[0]]))
+		}
 	}
-	fRate, fP99 := rateP99(fRes)
-	bRate, bP99 := rateP99(bRes)
-	fSup, bSup := status(b, fds.ctl).PID, status(b, bind.ctl).PID
-	slices.Sort(ratios)
-	quart := func(q int) float64 { return ratios[min(len(ratios)-1, len(ratios)*q/4)] }
 	mib := func(path string) float64 {
 		fi, err := os.Stat(path)
 		if err != nil {
@@ -147,20 +205,51 @@ func interceptCost(b *testing.B, bb bins, m *testenv.Manager) string {
 	}
 	var s strings.Builder
 	fmt.Fprintf(&s, "### What intercept_bind costs a request\n\n"+
-		"The testworker, 2 workers under sockshim, %d pairs of rounds of %s, the pair's order alternating: once taking `LISTEN_FDS`, once "+
-		"binding 127.0.0.1:PORT itself (`-bind`, Go's `net.Listen`) with `intercept_bind = true`, which gives it the held "+
-		"socket. The filter matches only `bind` and `listen`; every other call of the worker, each request's included, "+
-		"runs as without it. Requests per second are the rounds' requests over their time; p99 is the median of the rounds'.\n\n", pairs, round)
-	s.WriteString("| worker gets its socket by | requests/s | p99 latency | sockshim RSS |\n|---|---|---|---|\n")
-	fmt.Fprintf(&s, "| `LISTEN_FDS` | %.0f | %s | %d KiB |\n", fRate, fP99, rssKiB(fSup))
-	fmt.Fprintf(&s, "| its own `bind(2)`, intercept_bind | %.0f | %s | %d KiB |\n", bRate, bP99, rssKiB(bSup))
-	fmt.Fprintf(&s, "| **ratio intercept_bind / LISTEN_FDS** | **%.3f** | **%.2f** | |\n\n", bRate/fRate, float64(bP99)/float64(fP99))
-	fmt.Fprintf(&s, "The ratio of each pair's rates: median %.3f, quartiles %.3f and %.3f, range %.3f to %.3f.\n\n",
-		quart(2), quart(1), quart(3), ratios[0], ratios[len(ratios)-1])
-	fmt.Fprintf(&s, "Binaries as the harness builds them (static, not stripped): sockshim %.1f MiB, %s (the trampoline, which installs the filter) %.1f MiB.\n\n",
+		"The testworker under sockshim in four apps, %d rounds of %s through each, the order rotating, the four services restarted "+
+		"after every %d rounds so that no ratio rests on one set of processes. The filter matches only "+
+		"`bind` and `listen`; every other call of the worker, each request's included, runs as without it. Requests per second "+
+		"are the rounds' requests over their time; p99 is the median of the rounds'; the workers' CPU time (`/proc/PID/stat`, "+
+		"all threads) is summed over the rounds and divided by their requests, which depends less on what else the machine "+
+		"runs than the rate does.\n\n", rounds, round, len(arms))
+	s.WriteString("| worker | requests/s | p99 latency | workers' CPU time per request | sockshim RSS |\n|---|---|---|---|---|\n")
+	figures := func(arm *interceptArm) (float64, time.Duration, time.Duration) {
+		r, p99 := rateP99(arm.res)
+		n := 0
+		for _, res := range arm.res {
+			n += res.Requests
+		}
+		return r, p99, arm.cpu / time.Duration(n)
+	}
+	for p, pair := range pairs {
+		var f [2]struct {
+			rate     float64
+			p99, cpu time.Duration
+		}
+		for k, arm := range pair {
+			f[k].rate, f[k].p99, f[k].cpu = figures(arm)
+			fmt.Fprintf(&s, "| %s | %.0f | %s | %s | %d KiB |\n", arm.what, f[k].rate, f[k].p99, f[k].cpu.Round(100*time.Nanosecond), rssKiB(status(b, arm.a.ctl).PID))
+		}
+		rs := slices.Sorted(slices.Values(ratios[p]))
+		fmt.Fprintf(&s, "| **ratio** (each round's: median %.3f, range %.3f to %.3f) | **%.3f** | **%.2f** | **%.3f** | |\n",
+			rs[len(rs)/2], rs[0], rs[len(rs)-1], f[1].rate/f[0].rate, float64(f[1].p99)/float64(f[0].p99), float64(f[1].cpu)/float64(f[0].cpu))
+	}
+	fmt.Fprintf(&s, "\nBinaries as the harness builds them (static, not stripped): sockshim %.1f MiB, %s (the trampoline, which installs the filter) %.1f MiB.\n\n",
 		mib(bb.sockshim), handoff.BinaryName, mib(filepath.Join(filepath.Dir(bb.sockshim), handoff.BinaryName)))
-	m.MustSystemctl(b, "stop", "bench-fds.service", "bench-fds.socket", "bench-bind.service", "bench-bind.socket")
+	for _, arm := range arms {
+		m.MustSystemctl(b, "stop", arm.a.name+".service", arm.a.name+".socket")
+	}
 	return s.String()
+}
+
+// cpuOf is the CPU time the processes pids have spent, their threads'
+// together.
+func cpuOf(tb testing.TB, pids []int) time.Duration {
+	var sum time.Duration
+	for _, pid := range pids {
+		own, _ := procTimes(tb, pid)
+		sum += own
+	}
+	return sum
 }
 
 // rate is a run's requests per second.
@@ -289,14 +378,14 @@ func probe(url string) string {
 
 // comparisonTables writes the reload table and the broken-deploy table.
 func comparisonTables(s *strings.Builder, n int, rows []reloadFigures, broken []brokenFigures) {
-	fmt.Fprintf(s, "| case | requests/s steady | p99 steady | reloads | requests | failed | longest gap | p99 during reloads | reload command returned p50 / max | → replaced processes exited p50 / max |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(s, "| case | requests/s steady | p99 steady | reloads | requests (per s) | failed | longest gap | p99 during reloads | reload command returned p50 / max | → replaced processes exited p50 / max |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, f := range rows {
 		reloads := strconv.Itoa(n)
 		if f.refused > 0 {
 			reloads = fmt.Sprintf("%d (%d refused)", n, f.refused)
 		}
-		fmt.Fprintf(s, "| %s | %.0f | %s | %s | %d | %s | %s | %s | %s / %s | %s / %s |\n", f.name, f.steadyRate, f.steady, reloads,
-			f.res.Requests, failedCell(f.res), f.res.LongestGap.Round(time.Millisecond), f.res.P99.Round(10*time.Microsecond),
+		fmt.Fprintf(s, "| %s | %.0f | %s | %s | %d (%.0f) | %s | %s | %s | %s / %s | %s / %s |\n", f.name, f.steadyRate, f.steady, reloads,
+			f.res.Requests, rate(f.res), failedCell(f.res), f.res.LongestGap.Round(time.Millisecond), f.res.P99.Round(10*time.Microsecond),
 			pct(f.returned, 50), pct(f.returned, 100), pct(f.gone, 50), pct(f.gone, 100))
 	}
 	fmt.Fprintf(s, "\n| broken deploy: reload of a release that cannot start | reload command's exit status | returned after | requests from the reload to %s after | failed | a request %s after the reload returned | then |\n|---|---|---|---|---|---|---|\n", brokenWait, brokenWait)
@@ -333,8 +422,8 @@ func children(pid int) []int {
 	return c
 }
 
-// writeFile replaces path's content atomically, as a deploy would.
-func writeFile(tb testing.TB, path, content string) {
+// deployFile replaces path's content atomically, as a deploy would.
+func deployFile(tb testing.TB, path, content string) {
 	tb.Helper()
 	if err := os.WriteFile(path+".new", []byte(content), 0o644); err != nil {
 		tb.Fatal(err)
@@ -344,13 +433,76 @@ func writeFile(tb testing.TB, path, content string) {
 	}
 }
 
-// needFile fails the benchmark when a program it compares against is not
-// installed.
-func needFile(tb testing.TB, path, pkg string) {
-	tb.Helper()
-	if _, err := os.Stat(path); err != nil {
-		tb.Fatalf("%s not found: apt-get install %s", path, pkg)
+// shimApp is one sockshim app of an example's config, with the release
+// directory its worker runs from.
+type shimApp struct {
+	reloader
+	a         *app
+	dir       string
+	accepting bool // ready = "accepting": a broken deploy must be refused
+}
+
+// sockshimApps installs and activates, as units unit and unit-accepting,
+// the example config (a path under examples/) as it is and, unless it
+// already says so, with ready = "accepting" in place of its readiness
+// keys. prepare puts release 1 in the app's directory and returns the
+// config for that directory and the app's port; deploy puts release i
+// there.
+func sockshimApps(b *testing.B, m *testenv.Manager, bb bins, unit, example string,
+	prepare func(dir string, port int, cfg string) string, deploy func(dir string, i int)) []*shimApp {
+	raw, err := os.ReadFile(filepath.Join("..", "examples", example))
+	if err != nil {
+		b.Fatal(err)
 	}
+	cfg := string(raw)
+	// The readiness keys go at the end, which must be the [[worker]] table.
+	if strings.LastIndex(cfg, "\n[") != strings.LastIndex(cfg, "\n[[worker]]") {
+		b.Fatalf("examples/%s: a table follows its [[worker]]; the benchmark appends ready = \"accepting\" to the worker", example)
+	}
+	var ready, rest []string
+	for _, l := range strings.Split(cfg, "\n") {
+		if k, _, ok := strings.Cut(l, "="); ok && (strings.TrimSpace(k) == "ready" || strings.TrimSpace(k) == "ready_delay") {
+			ready = append(ready, "`"+strings.TrimSpace(l)+"`")
+			continue
+		}
+		rest = append(rest, l)
+	}
+	variants := []struct {
+		unit, label, cfg string
+		accepting        bool
+	}{{unit, "as it is (" + strings.Join(ready, ", ") + ")", cfg, slices.Contains(ready, "`ready = \"accepting\"`")}}
+	if !variants[0].accepting {
+		variants = append(variants, struct {
+			unit, label, cfg string
+			accepting        bool
+		}{unit + "-accepting", "with `ready = \"accepting\"`", strings.TrimRight(strings.Join(rest, "\n"), "\n") + "\nready = \"accepting\"\n", true})
+	}
+	var apps []*shimApp
+	for _, v := range variants {
+		dir := b.TempDir()
+		a := installApp(b, m, bb, v.unit, "")
+		a.rewrite(b, prepare(dir, a.port, v.cfg))
+		a.activate(b)
+		apps = append(apps, &shimApp{a: a, dir: dir, accepting: v.accepting,
+			reloader: sockshimReloader(b, m, a, fmt.Sprintf("sockshim, examples/%s %s, `systemctl reload`", example, v.label),
+				func(i int) { deploy(dir, i) })})
+	}
+	return apps
+}
+
+// broken deploys a release that cannot start (breakIt); with ready =
+// "accepting", sockshim must refuse it.
+func (sh *shimApp) broken(b *testing.B, breakIt func()) brokenFigures {
+	gen := status(b, sh.a.ctl).Generation
+	f := brokenDeploy(b, sh.reloader, breakIt)
+	if sh.accepting {
+		checkRefused(b, sh.a, gen, f)
+	}
+	return f
+}
+
+func (sh *shimApp) stop(b *testing.B, m *testenv.Manager) {
+	m.MustSystemctl(b, "stop", sh.a.name+".service", sh.a.name+".socket")
 }
 
 // pm2Version is the pm2 that nodeComparison installs from the npm registry.
@@ -362,30 +514,30 @@ const pm2Version = "7.0.4"
 // to pm2 and to sockshim.
 func nodeComparison(b *testing.B, bb bins, m *testenv.Manager) string {
 	n := serverReloadCount()
-	needFile(b, "/usr/bin/node", "nodejs")
+	needProgram(b, "/usr/bin/node", "nodejs")
 	pm2Bin := installPM2(b)
 	pm2Default := startPM2(b, m, pm2Bin, "bench-pm2", "")
 	pm2Term := startPM2(b, m, pm2Bin, "bench-pm2-term", "SIGTERM")
 
-	dir := nodeRelease(b)
-	a := installApp(b, m, bb, "bench-node", "")
-	cfg, err := os.ReadFile("../examples/node/node.toml")
-	if err != nil {
-		b.Fatal(err)
-	}
-	a.rewrite(b, strings.NewReplacer("/srv/myapp", dir, "8080", strconv.Itoa(a.port)).Replace(string(cfg)))
-	a.activate(b)
-	shim := sockshimReloader(b, m, a, "sockshim, examples/node/node.toml (intercept_bind = true, 2 workers), `systemctl reload`",
-		func(i int) { writeFile(b, filepath.Join(dir, "VERSION"), fmt.Sprintf("v%d\n", i)) })
+	shims := sockshimApps(b, m, bb, "bench-node", "node/node.toml", func(dir string, port int, cfg string) string {
+		nodeReleaseIn(b, dir)
+		return strings.NewReplacer("/srv/myapp", dir, "8080", strconv.Itoa(port)).Replace(cfg)
+	}, func(dir string, i int) { deployFile(b, filepath.Join(dir, "VERSION"), fmt.Sprintf("v%d\n", i)) })
 
-	rows := compareReloads(b, []reloader{pm2Default.reloader(b), pm2Term.reloader(b), shim}, n)
+	contenders := []reloader{pm2Default.reloader(b), pm2Term.reloader(b)}
+	for _, sh := range shims {
+		contenders = append(contenders, sh.reloader)
+	}
+	rows := compareReloads(b, contenders, n)
 	broken := []brokenFigures{brokenDeploy(b, pm2Term.reloader(b), func() { breakNode(b, pm2Term.dir) })}
-	gen := status(b, a.ctl).Generation
-	broken = append(broken, brokenDeploy(b, shim, func() { breakNode(b, dir) }))
-	checkRefused(b, a, gen, broken[1])
+	for _, sh := range shims {
+		broken = append(broken, sh.broken(b, func() { breakNode(b, sh.dir) }))
+	}
 	pm2Default.stop(b)
 	pm2Term.stop(b)
-	m.MustSystemctl(b, "stop", "bench-node.service", "bench-node.socket")
+	for _, sh := range shims {
+		sh.stop(b, m)
+	}
 
 	var s strings.Builder
 	fmt.Fprintf(&s, "### Node.js: pm2's cluster mode and sockshim\n\n"+
@@ -395,7 +547,7 @@ func nodeComparison(b *testing.B, bb bins, m *testenv.Manager) string {
 		"`pm2 start app.js -i 2` (cluster mode: pm2's daemon accepts and hands each connection to one of 2 instances), then "+
 		"`pm2 reload app` run by the harness, which stops each old instance with SIGINT (pm2's default: app.js does not handle it, so "+
 		"Node exits at once) or, with `PM2_KILL_SIGNAL=SIGTERM`, with the signal app.js drains on. sockshim: "+
-		"[`examples/node/node.toml`](examples/node/node.toml) as it is. The steady rounds (%d of %s each) alternate between the three; "+
+		"[`examples/node/node.toml`](examples/node/node.toml), as it is and with `ready = \"accepting\"`. The steady rounds (%d of %s each) alternate between all; "+
 		"then each gets %d reloads in a row, each a new release (the VERSION file app.js reads at start), the next begun once every "+
 		"process the last one replaced has exited. The broken release is app.js with a stray `}` on its first line, which does not parse.\n\n",
 		pm2Version, pm2Version, steadyRounds, steadyRound, n)
@@ -406,15 +558,20 @@ func nodeComparison(b *testing.B, bb bins, m *testenv.Manager) string {
 // nodeRelease copies examples/node into a directory of its own, release 1.
 func nodeRelease(b *testing.B) string {
 	dir := b.TempDir()
+	nodeReleaseIn(b, dir)
+	return dir
+}
+
+// nodeReleaseIn copies examples/node into dir, release 1.
+func nodeReleaseIn(b *testing.B, dir string) {
 	for _, f := range []string{"app.js", "VERSION"} {
 		src, err := os.ReadFile(filepath.Join("..", "examples", "node", f))
 		if err != nil {
 			b.Fatal(err)
 		}
-		writeFile(b, filepath.Join(dir, f), string(src))
+		deployFile(b, filepath.Join(dir, f), string(src))
 	}
-	writeFile(b, filepath.Join(dir, "VERSION"), "v1\n")
-	return dir
+	deployFile(b, filepath.Join(dir, "VERSION"), "v1\n")
 }
 
 // breakNode makes dir's app.js a file that does not parse.
@@ -423,7 +580,7 @@ func breakNode(b *testing.B, dir string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	writeFile(b, filepath.Join(dir, "app.js"), "} // a broken release: this file does not parse\n"+string(good))
+	deployFile(b, filepath.Join(dir, "app.js"), "} // a broken release: this file does not parse\n"+string(good))
 }
 
 // installPM2 installs pm2Version with npm into a scratch directory and
@@ -502,7 +659,7 @@ func (p *pm2) reloader(b *testing.B) reloader {
 	return reloader{
 		name:   p.name,
 		url:    p.url,
-		deploy: func(i int) { writeFile(b, filepath.Join(p.dir, "VERSION"), fmt.Sprintf("v%d\n", i)) },
+		deploy: func(i int) { deployFile(b, filepath.Join(p.dir, "VERSION"), fmt.Sprintf("v%d\n", i)) },
 		reload: func() (string, error) {
 			cmd := exec.Command(p.bin, "reload", "app")
 			cmd.Env = p.env
@@ -561,15 +718,15 @@ func (p *pm2) stop(tb testing.TB) {
 // typo to each.
 func nginxComparison(b *testing.B, bb bins, m *testenv.Manager) string {
 	n := serverReloadCount()
-	needFile(b, "/usr/sbin/nginx", "nginx-light")
+	needProgram(b, "/usr/sbin/nginx", "nginx-light")
 	release := func(dir string) func(i int) {
 		return func(i int) {
-			writeFile(b, filepath.Join(dir, "release.conf"), fmt.Sprintf("add_header X-Version v%d always;\n", i))
+			deployFile(b, filepath.Join(dir, "release.conf"), fmt.Sprintf("add_header X-Version v%d always;\n", i))
 		}
 	}
 	// A typo: the ; missing at the end of the directive.
 	breakIt := func(dir string) func() {
-		return func() { writeFile(b, filepath.Join(dir, "release.conf"), "add_header X-Version broken always\n") }
+		return func() { deployFile(b, filepath.Join(dir, "release.conf"), "add_header X-Version broken always\n") }
 	}
 
 	// nginx alone, as a service of the same manager: the master in the
@@ -602,31 +759,32 @@ TimeoutStopSec=30
 	}
 	waitFor(b, 10*time.Second, "nginx to answer", func() bool { return strings.HasPrefix(probe(own.url), "200,") })
 
-	dir := b.TempDir()
-	a := installApp(b, m, bb, "bench-nginx", "")
-	nginxRelease(b, dir, a.port)
-	cfg, err := os.ReadFile("../examples/nginx/nginx.toml")
-	if err != nil {
-		b.Fatal(err)
-	}
-	a.rewrite(b, strings.ReplaceAll(string(cfg), "/srv/myapp", dir))
-	a.activate(b)
-	shim := sockshimReloader(b, m, a, "sockshim, examples/nginx/nginx.toml (intercept_bind = true, 1 master), `systemctl reload`", release(dir))
+	shims := sockshimApps(b, m, bb, "bench-nginx", "nginx/nginx.toml", func(dir string, port int, cfg string) string {
+		nginxRelease(b, dir, port)
+		return strings.ReplaceAll(cfg, "/srv/myapp", dir)
+	}, func(dir string, i int) { release(dir)(i) })
 
-	rows := compareReloads(b, []reloader{own, shim}, n)
+	contenders := []reloader{own}
+	for _, sh := range shims {
+		contenders = append(contenders, sh.reloader)
+	}
+	rows := compareReloads(b, contenders, n)
 	broken := []brokenFigures{brokenDeploy(b, own, breakIt(ownDir))}
-	gen := status(b, a.ctl).Generation
-	broken = append(broken, brokenDeploy(b, shim, breakIt(dir)))
-	checkRefused(b, a, gen, broken[1])
-	m.MustSystemctl(b, "stop", "bench-nginx-own.service", "bench-nginx.service", "bench-nginx.socket")
+	for _, sh := range shims {
+		broken = append(broken, sh.broken(b, breakIt(sh.dir)))
+	}
+	m.MustSystemctl(b, "stop", "bench-nginx-own.service")
+	for _, sh := range shims {
+		sh.stop(b, m)
+	}
 
 	var s strings.Builder
 	fmt.Fprintf(&s, "### nginx: its own reload and sockshim\n\n"+
 		"Debian's nginx-light, [`examples/nginx/nginx.conf`](examples/nginx/nginx.conf) for both (2 worker processes, `return 200`), "+
 		"its `listen` on the benchmark's port. Alone: the master in the foreground as a service of the same user manager, reloaded with "+
 		"`nginx -s reload` run by the harness (SIGHUP: the master reads the config again, starts new workers and tells the old ones "+
-		"to finish). sockshim: [`examples/nginx/nginx.toml`](examples/nginx/nginx.toml) as it is; a reload starts a new master. "+
-		"The steady rounds (%d of %s each) alternate between the two; then each gets %d reloads in a row, each a new release.conf "+
+		"to finish). sockshim: [`examples/nginx/nginx.toml`](examples/nginx/nginx.toml), as it is and with `ready = \"accepting\"`; "+
+		"a reload starts a new master. The steady rounds (%d of %s each) alternate between all; then each gets %d reloads in a row, each a new release.conf "+
 		"(an `add_header` with the release's version), the next begun once every process the last one replaced has exited. The broken "+
 		"release.conf lacks the `;` at the end of its directive.\n\n", steadyRounds, steadyRound, n)
 	comparisonTables(&s, n, rows, broken)
@@ -640,9 +798,9 @@ func nginxRelease(b *testing.B, dir string, port int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	writeFile(b, filepath.Join(dir, "nginx.conf"),
+	deployFile(b, filepath.Join(dir, "nginx.conf"),
 		strings.NewReplacer("/srv/myapp", dir, "127.0.0.1:8080", fmt.Sprintf("127.0.0.1:%d", port)).Replace(string(conf)))
-	writeFile(b, filepath.Join(dir, "release.conf"), "add_header X-Version v1 always;\n")
+	deployFile(b, filepath.Join(dir, "release.conf"), "add_header X-Version v1 always;\n")
 }
 
 // nginxVersion is what `nginx -v` says, "nginx/1.22.1".
