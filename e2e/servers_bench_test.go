@@ -529,6 +529,7 @@ func nodeComparison(b *testing.B, bb bins, m *testenv.Manager) string {
 		contenders = append(contenders, sh.reloader)
 	}
 	rows := compareReloads(b, contenders, n)
+	killed := []int{pm2Default.sigkills(b), pm2Term.sigkills(b)}
 	broken := []brokenFigures{brokenDeploy(b, pm2Term.reloader(b), func() { breakNode(b, pm2Term.dir) })}
 	for _, sh := range shims {
 		broken = append(broken, sh.broken(b, func() { breakNode(b, sh.dir) }))
@@ -552,6 +553,11 @@ func nodeComparison(b *testing.B, bb bins, m *testenv.Manager) string {
 		"process the last one replaced has exited. The broken release is app.js with a stray `}` on its first line, which does not parse.\n\n",
 		pm2Version, pm2Version, steadyRounds, steadyRound, n)
 	comparisonTables(&s, n, rows, broken)
+	fmt.Fprintf(&s, "Of the %d old instances each pm2 series stopped, pm2 killed with SIGKILL, after its `kill_timeout` (1.6 s), %d with "+
+		"SIGINT and %d with SIGTERM (its log, \"sending SIGKILL\"): with SIGTERM, app.js closes its server and finishes its requests, but a "+
+		"cluster instance keeps its IPC channel to pm2's daemon open, which keeps Node running. In the broken deploy pm2 waits, for "+
+		"each instance, up to its `listen_timeout` (3 s) for the new one's `listening` event, then stops the old one whether or not "+
+		"it came (`hardReload` in pm2's lib/God/Reload.js), and reports success.\n\n", 2*n, killed[0], killed[1])
 	return s.String()
 }
 
@@ -693,6 +699,15 @@ func (p *pm2) reloader(b *testing.B) reloader {
 	}
 }
 
+// sigkills counts the instances pm2's log says it killed with SIGKILL.
+func (p *pm2) sigkills(b *testing.B) int {
+	log, err := os.ReadFile(filepath.Join(p.home, "pm2.log"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return strings.Count(string(log), "sending SIGKILL")
+}
+
 // stop stops the service (`pm2 kill`, then systemd ends what is left in
 // its cgroup) and makes sure the daemon and its instances are gone,
 // killing by pid whatever survived.
@@ -811,4 +826,33 @@ func nginxVersion(b *testing.B) string {
 		b.Fatalf("nginx -v: %v\n%s", err, out)
 	}
 	return v
+}
+
+// TestSpliceSection: BenchmarkServers replaces its section of
+// BENCHMARKS.md, and only it, or puts it before the latency picture.
+func TestSpliceSection(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "B.md")
+	const head = "# b\n\n## One\n\none\n\n"
+	const tail = latencyHeading + "\n\npicture\n"
+	for _, c := range []struct{ doc, want string }{
+		{head + tail, head + serversHeading + "\n\nnew\n\n" + tail},
+		{head + serversHeading + "\n\nold\n\n### sub\n\nold\n\n" + tail, head + serversHeading + "\n\nnew\n\n" + tail},
+		{head + serversHeading + "\n\nold at the end\n", head + serversHeading + "\n\nnew\n\n"},
+	} {
+		if err := os.WriteFile(path, []byte(c.doc), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := spliceSection(path, serversHeading, serversHeading+"\n\nnew\n\n"); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := os.ReadFile(path); string(got) != c.want {
+			t.Errorf("splicing into\n%q\ngot\n%q\nwant\n%q", c.doc, got, c.want)
+		}
+	}
+	if err := os.WriteFile(path, []byte(head), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := spliceSection(path, serversHeading, "new\n"); err == nil {
+		t.Errorf("spliced into a document with neither %q nor %q", serversHeading, latencyHeading)
+	}
 }
