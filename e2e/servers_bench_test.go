@@ -206,8 +206,8 @@ func interceptCost(b *testing.B, bb bins, m *testenv.Manager) string {
 	var s strings.Builder
 	fmt.Fprintf(&s, "### What intercept_bind costs a request\n\n"+
 		"The testworker under sockshim in four apps, %d rounds of %s through each, the order rotating, the four services restarted "+
-		"after every %d rounds so that no ratio rests on one set of processes. The filter matches only "+
-		"`bind` and `listen`; every other call of the worker, each request's included, runs as without it. Requests per second "+
+		"after every %d rounds so that no ratio rests on one set of processes. The filter sends only `bind` and `listen` to "+
+		"sockshim; it allows every other call of the worker, each request's included, at once. Requests per second "+
 		"are the rounds' requests over their time; p99 is the median of the rounds'; the workers' CPU time (`/proc/PID/stat`, "+
 		"all threads) is summed over the rounds and divided by their requests, which depends less on what else the machine "+
 		"runs than the rate does.\n\n", rounds, round, len(arms))
@@ -553,11 +553,11 @@ func nodeComparison(b *testing.B, bb bins, m *testenv.Manager) string {
 		"process the last one replaced has exited. The broken release is app.js with a stray `}` on its first line, which does not parse.\n\n",
 		pm2Version, pm2Version, steadyRounds, steadyRound, n)
 	comparisonTables(&s, n, rows, broken)
-	fmt.Fprintf(&s, "Of the %d old instances each pm2 series stopped, pm2 killed with SIGKILL, after its `kill_timeout` (1.6 s), %d with "+
-		"SIGINT and %d with SIGTERM (its log, \"sending SIGKILL\"): with SIGTERM, app.js closes its server and finishes its requests, but a "+
-		"cluster instance keeps its IPC channel to pm2's daemon open, which keeps Node running. In the broken deploy pm2 waits, for "+
-		"each instance, up to its `listen_timeout` (3 s) for the new one's `listening` event, then stops the old one whether or not "+
-		"it came (`hardReload` in pm2's lib/God/Reload.js), and reports success.\n\n", 2*n, killed[0], killed[1])
+	fmt.Fprintf(&s, "pm2 killed with SIGKILL, after its `kill_timeout` (1.6 s), %d of the %d old instances it stopped in the SIGINT series "+
+		"and %d of %d in the SIGTERM series (its log: \"sending SIGKILL\"): on SIGTERM app.js closes its server and finishes its requests, "+
+		"but a cluster instance keeps its IPC channel to pm2's daemon open, which keeps Node running. In the broken deploy pm2 waits, "+
+		"for each instance, up to its `listen_timeout` (3 s) for the new one's `listening` event, then stops the old one whether or "+
+		"not it came (`hardReload` in pm2's lib/God/Reload.js), and reports success.\n\n", killed[0], 2*n, killed[1], 2*n)
 	return s.String()
 }
 
