@@ -43,7 +43,9 @@ const latencyHeading = "## Latency over time"
 //
 //	sudo go test ./e2e -run '^$' -bench Servers -benchtime 1x -timeout 30m
 //
-// SOCKSHIM_BENCH_SERVER_RELOADS sets the reloads per server (default 5).
+// SOCKSHIM_BENCH_SERVER_RELOADS sets the reloads per server (default 5),
+// SOCKSHIM_BENCH_INTERCEPT_ROUNDS the rounds per arm of the intercept cost
+// (default 12). It installs pm2 with npm, from the npm registry.
 func BenchmarkServers(b *testing.B) {
 	bb := build(b)
 	m := testenv.StartUserManager(b)
