@@ -177,11 +177,14 @@ func BenchmarkReport(b *testing.B) {
 	step("long-lived connections")
 	r.add("%s\n", gatewayReport(b, bb, m))
 
+	step("servers that bind their own port")
+	r.add("%s", serversReport(b, bb, m))
+
 	svg := plot(plotRes, plotMarks)
 	if err := os.WriteFile("../results/reload-latency.svg", []byte(svg), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	r.add("## Latency over time\n\nThe rolling reloads above (4 workers, 16 clients): median and slowest answer per 100 ms, log scale; reload requests in orange; failed requests would show as red marks along the top.\n\n![latency over time](results/reload-latency.svg)\n")
+	r.add(latencyHeading + "\n\nThe rolling reloads above (4 workers, 16 clients): median and slowest answer per 100 ms, log scale; reload requests in orange; failed requests would show as red marks along the top.\n\n![latency over time](results/reload-latency.svg)\n")
 	if err := os.WriteFile("../BENCHMARKS.md", []byte(r.String()), 0o644); err != nil {
 		b.Fatal(err)
 	}

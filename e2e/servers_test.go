@@ -26,7 +26,7 @@ func exampleConfig(t *testing.T, name string, replace ...string) string {
 	return strings.NewReplacer(replace...).Replace(string(b))
 }
 
-func needProgram(t *testing.T, path, pkg string) {
+func needProgram(t testing.TB, path, pkg string) {
 	t.Helper()
 	if _, err := os.Stat(path); err != nil {
 		t.Fatalf("%s not found: apt-get install %s (scripts/test.sh does)", path, pkg)
