@@ -52,10 +52,10 @@ func bindFilter() []syscall.SockFilter {
 // and sends the filter's listener to sockshim over the handoff socket c.
 //
 // SPEC_ALLOW: by default the kernel treats a task that installs a seccomp
-// filter as one to shield from speculative-execution attacks, and where
-// its mitigation mode says "seccomp" (spec_store_bypass_disable= and
-// spectre_v2_user=, the default before Linux 5.16) turns on SSBD and STIBP
-// for it, which slows every instruction the worker runs. This filter
+// filter as one to shield from speculative-execution attacks: where the
+// mitigation mode is "seccomp" (spec_store_bypass_disable= and
+// spectre_v2_user=, x86's default until Linux 5.16), it turns on SSBD and
+// STIBP for it, which slows everything the worker runs. This filter
 // sandboxes nothing, so the worker keeps the mitigations it had.
 //
 // Installing a filter needs CAP_SYS_ADMIN or no_new_privs. A worker that
