@@ -183,10 +183,12 @@ drain_timeout = "5s"
 `, b.testworker, v)
 	}
 	a := startServing(t, b, workers("v1"))
+	// The live ones: a helper killed with its drained worker stays a
+	// zombie until sockshim, its subreaper, reaps it a moment later.
 	helpers := func() []int {
 		var out []int
 		for _, p := range testenv.Descendants(a.sup.cmd.Process.Pid) {
-			if procfs.Comm(p) == "sleep" {
+			if procfs.Comm(p) == "sleep" && testenv.Alive(p) {
 				out = append(out, p)
 			}
 		}
