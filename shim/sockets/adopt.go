@@ -64,7 +64,7 @@ func sameAddress(domain, typ int, got unix.Sockaddr, l config.Listen) error {
 	var want unix.Sockaddr
 	if strings.HasPrefix(l.Network, "unix") {
 		wantDomain = unix.AF_UNIX
-		wantType = map[string]int{"unix": unix.SOCK_STREAM, "unixgram": unix.SOCK_DGRAM, "unixpacket": unix.SOCK_SEQPACKET}[l.Network]
+		wantType = unixTypes[l.Network]
 		name := l.Addr
 		if strings.HasPrefix(name, "@") {
 			name = "\x00" + name[1:]

@@ -103,8 +103,11 @@ func inetSockaddr(l config.Listen) (family, typ int, sa unix.Sockaddr, err error
 	return family, typ, sa, nil
 }
 
+// unixTypes is the socket type of each unix network a config may name.
+var unixTypes = map[string]int{"unix": unix.SOCK_STREAM, "unixgram": unix.SOCK_DGRAM, "unixpacket": unix.SOCK_SEQPACKET}
+
 func bindUnix(l config.Listen) (*os.File, error) {
-	typ := map[string]int{"unix": unix.SOCK_STREAM, "unixgram": unix.SOCK_DGRAM, "unixpacket": unix.SOCK_SEQPACKET}[l.Network]
+	typ := unixTypes[l.Network]
 	if len(l.Addr) > unixaddr.MaxPath {
 		return nil, fmt.Errorf("socket path is %d bytes; a unix socket path holds at most %d", len(l.Addr), unixaddr.MaxPath)
 	}
